@@ -1,0 +1,1 @@
+"""bigjax: build large models from scratch in JAX/Flax, train them sharded, fine-tune them."""

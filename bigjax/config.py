@@ -1,0 +1,102 @@
+"""The config schema: every key a run understands, with its default and type.
+
+Config files in configs/ start from `default_config()` and override what they need, so every
+key that exists is listed here once. `check` rejects keys the schema does not know and values
+of the wrong type, before anything expensive happens.
+"""
+
+import ml_collections
+
+from bigjax.errors import UserError
+
+
+def default_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # Seeds parameter init, dropout and the data order.
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = 'sklearn_digits'  # a tfds name, an offline builder, or 'synthetic'
+    c.data.data_dir = ''  # tfds data_dir; '' is tfds' default (~/tensorflow_datasets)
+    c.data.download = True  # allow downloading/preparing a tfds dataset that is not prepared
+    c.data.train_split = 'train'
+    c.data.eval_split = 'test'
+    c.data.normalize = 'standard'  # 'standard' (train mean/std per channel) | 'unit' ([0, 1])
+    c.data.synthetic = ml_collections.ConfigDict()  # shapes for data.name == 'synthetic'
+    c.data.synthetic.image_shape = (28, 28, 1)
+    c.data.synthetic.num_classes = 10
+    c.data.synthetic.train_examples = 4096
+    c.data.synthetic.eval_examples = 1024
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = 'cnn'
+    c.model.cnn = ml_collections.ConfigDict()  # bigjax.models.cnn.SimpleCNN's fields
+    c.model.cnn.features = (32, 64)
+    c.model.cnn.kernel_size = 3
+    c.model.cnn.padding = 'VALID'  # 'VALID' | 'SAME'
+    c.model.cnn.pooling = 'none'  # 'none' | 'max' | 'avg'
+    c.model.cnn.hidden = 128
+    c.model.cnn.dropout = 0.0
+    c.model.cnn.batch_norm = False
+    c.model.cnn.activation = 'relu'  # 'relu' | 'gelu' | 'sigmoid' | 'tanh'
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.name = 'adam'  # 'sgd' | 'momentum' | 'adam' | 'adamw'
+    c.optim.learning_rate = 1e-3  # peak learning rate
+    c.optim.momentum = 0.9  # 'momentum' only
+    c.optim.nesterov = False  # 'momentum' only
+    c.optim.b1 = 0.9  # adam/adamw
+    c.optim.b2 = 0.999
+    c.optim.eps = 1e-8
+    c.optim.weight_decay = 0.0  # L2 (added to the gradient) or, for adamw, decoupled decay
+    c.optim.grad_clip_norm = 0.0  # clip gradients to this global norm; 0 = off
+    c.optim.schedule = 'constant'  # 'constant' | 'step' | 'cosine'
+    c.optim.warmup_steps = 0  # linear warmup from 0, before any schedule
+    c.optim.step_every = 1000  # 'step': multiply the rate by step_factor every step_every steps
+    c.optim.step_factor = 0.1
+    c.optim.end_lr_ratio = 0.0  # 'cosine': final rate as a fraction of the peak
+
+    c.train = ml_collections.ConfigDict()
+    c.train.batch_size = 64  # global batch, split over processes and devices
+    c.train.num_epochs = 10.0
+    c.train.num_steps = 0  # > 0 overrides num_epochs
+    c.train.eval_batch_size = 0  # 0 = batch_size
+    c.train.log_every = 100  # steps between train-metric lines (the only host syncs)
+    c.train.eval_every = 0  # steps between evals; 0 = once per epoch; the run always ends with one
+    c.train.checkpoint_every = 0  # steps between checkpoints; 0 = once per epoch, and at the end
+    c.train.keep_checkpoints = 3
+
+    c.mesh = ml_collections.ConfigDict()  # device mesh axis sizes; -1 = all remaining devices
+    c.mesh.data = -1
+    c.mesh.fsdp = 1
+    c.mesh.tensor = 1
+    return c
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+    """Raises UserError naming the first key the schema lacks or whose value has the wrong type."""
+    _check_against(config, default_config(), 'config')
+
+
+def _check_against(config, schema, prefix: str) -> None:
+    for key, value in config.items():
+        path = f'{prefix}.{key}'
+        if key not in schema:
+            raise UserError(f'unknown config key {path}; known keys here: {sorted(schema)}')
+        expected = schema[key]
+        if isinstance(expected, ml_collections.ConfigDict):
+            if not isinstance(value, ml_collections.ConfigDict):
+                raise UserError(f'{path} must be a section (ConfigDict), got {value!r}')
+            _check_against(value, expected, path)
+        elif not _same_type(value, expected):
+            raise UserError(f'{path}={value!r} has type {type(value).__name__}, '
+                            f'expected {type(expected).__name__} like {expected!r}')
+
+
+def _same_type(value, expected) -> bool:
+    if isinstance(expected, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(expected, bool)
+    if isinstance(expected, float):
+        return isinstance(value, (int, float))
+    if isinstance(expected, (tuple, list)):
+        return isinstance(value, (tuple, list))
+    return isinstance(value, type(expected))

@@ -1,0 +1,29 @@
+"""Test setup: 8 host devices (so every test runs sharded) and a private tfds data_dir."""
+
+import importlib.util
+import os
+import pathlib
+import tempfile
+
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_force_host_platform_device_count=8').strip()
+os.environ.setdefault('TFDS_DATA_DIR', tempfile.mkdtemp(prefix='bigjax_tfds_'))
+
+import jax  # noqa: E402  (after XLA_FLAGS)
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+CONFIGS = sorted(p.stem for p in (REPO / 'configs').glob('*.py'))
+
+
+def load_config(name: str, arg: str | None = None):
+    """configs/<name>.py's get_config(arg), as launch.py's --config=configs/<name>.py[:arg]."""
+    spec = importlib.util.spec_from_file_location(f'configs_{name}', REPO / 'configs' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+
+
+@pytest.fixture(scope='session', autouse=True)
+def eight_devices():
+    assert jax.device_count() == 8, 'tests expect 8 forced host devices'

@@ -1,0 +1,134 @@
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from bigjax import data
+from bigjax.config import default_config
+from bigjax.data import digits, sources
+from bigjax.errors import UserError
+
+
+def data_config(**overrides):
+    config = default_config().data
+    config.update(overrides)
+    return config
+
+
+def test_digits_builder_has_the_documented_fixed_split():
+    dataset = data.open_dataset(data_config(name='sklearn_digits'))
+    assert (len(dataset.train), len(dataset.eval)) == (1437, 360)
+    assert dataset.num_classes == 10 and dataset.image_shape == (8, 8, 1)
+    assert dataset.pixel_max == 16
+    images, labels = digits.load_raw()
+    test = dataset.eval.arrays
+    # The test split is exactly the examples with index % 5 == 0, whatever the record order.
+    source = tfds.builder('sklearn_digits').as_data_source('test')
+    index = np.array([example['index'] for example in source])
+    np.testing.assert_array_equal(np.sort(index), np.arange(0, 1797, 5))
+    np.testing.assert_array_equal(test['image'], images[index])
+    np.testing.assert_array_equal(test['label'], labels[index])
+    assert test['image'].dtype == np.uint8 and test['image'].max() == 16
+
+
+def test_digits_content_is_pinned():
+    images, labels = digits.load_raw()
+    assert digits.fingerprint(images, labels) == (
+        '65e5b4619795efb40c1082f4c350c049e4ad552200d369b6ae99e21eef5e72c5')
+    info = tfds.builder('sklearn_digits').info
+    assert info.metadata['sha256'] == digits.fingerprint(images, labels)
+
+
+def test_synthetic_dataset_follows_config_shapes():
+    config = data_config(name='synthetic')
+    config.synthetic.update(image_shape=(6, 5, 3), num_classes=4, train_examples=40,
+                            eval_examples=8)
+    dataset = data.open_dataset(config)
+    assert dataset.train.arrays['image'].shape == (40, 6, 5, 3)
+    assert dataset.eval.arrays['label'].max() < 4
+    np.testing.assert_array_equal(dataset.train.arrays['image'],
+                                  data.open_dataset(config).train.arrays['image'])
+
+
+def arrays(n=10):
+    return {'image': np.arange(n)[:, None], 'label': np.arange(n)}
+
+
+def test_train_iterator_epochs_are_permutations_without_repeats():
+    it = data.ArrayTrainIterator(arrays(10), global_batch_size=3, seed=0)
+    assert it.steps_per_epoch == 3
+    epoch0 = np.concatenate([next(it)['label'] for _ in range(3)])
+    epoch1 = np.concatenate([next(it)['label'] for _ in range(3)])
+    assert len(set(epoch0)) == 9 and len(set(epoch1)) == 9
+    assert not np.array_equal(epoch0, epoch1)
+
+
+def test_train_iterator_resumes_exactly():
+    full = data.ArrayTrainIterator(arrays(), 4, seed=3)
+    expected = [next(full)['label'] for _ in range(7)]
+    first = data.ArrayTrainIterator(arrays(), 4, seed=3)
+    seen = [next(first)['label'] for _ in range(4)]
+    resumed = data.ArrayTrainIterator(arrays(), 4, seed=3)
+    resumed.restore(first.state())
+    seen += [next(resumed)['label'] for _ in range(3)]
+    np.testing.assert_array_equal(np.stack(seen), np.stack(expected))
+
+
+def test_processes_split_each_global_batch():
+    whole = data.ArrayTrainIterator(arrays(12), 6, seed=1)
+    parts = [data.ArrayTrainIterator(arrays(12), 6, seed=1, process_index=p, process_count=3)
+             for p in range(3)]
+    for _ in range(4):
+        np.testing.assert_array_equal(next(whole)['label'],
+                                      np.concatenate([next(p)['label'] for p in parts]))
+
+
+def test_eval_batches_cover_every_example_once_with_padding_masked():
+    batches = list(data.eval_batches(arrays(10), 4))
+    assert [b['label'].shape for b in batches] == [(4,)] * 3
+    labels = np.concatenate([b['label'][b['mask']] for b in batches])
+    np.testing.assert_array_equal(labels, np.arange(10))
+    per_process = [list(data.eval_batches(arrays(10), 4, p, 2)) for p in range(2)]
+    joined = np.concatenate([np.concatenate([a['label'][a['mask']], b['label'][b['mask']]])
+                             for a, b in zip(*per_process)])
+    np.testing.assert_array_equal(joined, np.arange(10))
+
+
+def test_batch_larger_than_dataset_is_a_clear_error():
+    with pytest.raises(UserError, match='larger than the 10 training examples'):
+        data.ArrayTrainIterator(arrays(10), 16, seed=0)
+
+
+def test_normalization():
+    images = np.random.default_rng(0).integers(0, 17, (50, 8, 8, 1)).astype(np.uint8)
+    stats = data.normalization_stats(images, 16, 'standard')
+    x = np.asarray(data.normalize(images, stats))
+    assert abs(x.mean()) < 1e-5 and abs(x.std() - 1) < 1e-5
+    unit = np.asarray(data.normalize(images, data.normalization_stats(images, 16, 'unit')))
+    assert unit.min() >= 0 and unit.max() == 1
+    with pytest.raises(UserError, match='data.normalize'):
+        data.normalization_stats(images, 16, 'minmax')
+
+
+def test_mnist_under_mock_data():
+    with tfds.testing.mock_data(num_examples=24):
+        dataset = data.open_dataset(data_config(name='mnist'))
+        assert dataset.image_shape == (28, 28, 1) and dataset.num_classes == 10
+        assert dataset.train.arrays['image'].shape == (24, 28, 28, 1)
+
+
+def test_unknown_dataset_is_a_clear_error():
+    with pytest.raises(UserError, match="unknown dataset 'mnistt'"):
+        data.open_dataset(data_config(name='mnistt'))
+
+
+def test_unknown_split_is_a_clear_error():
+    with pytest.raises(UserError, match="no split 'validation'"):
+        data.open_dataset(data_config(name='sklearn_digits', eval_split='validation'))
+
+
+def test_dataset_needing_download_offline_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, '_online', lambda: False)
+    with pytest.raises(UserError, match='cannot be downloaded.*configs/cnn_digits.py'):
+        data.open_dataset(data_config(name='mnist', data_dir=str(tmp_path)))
+    with pytest.raises(UserError, match='data.download is False'):
+        data.open_dataset(data_config(name='mnist', data_dir=str(tmp_path), download=False))

@@ -1,0 +1,132 @@
+import json
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import tensorflow_datasets as tfds
+
+from bigjax import train, writers
+from bigjax.errors import UserError
+from conftest import CONFIGS, load_config
+
+TIMING_KEYS = ('steps_per_sec', 'examples_per_sec')
+
+
+def without_timing(rows):
+    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rows]
+
+
+def final_params(workdir, step):
+    """The parameters saved at `step`, as numpy arrays."""
+    restored = ocp.PyTreeCheckpointer().restore(workdir / 'checkpoints' / str(step) / 'state')
+    return restored['params']
+
+
+def digits_smoke(**train_overrides):
+    config = load_config('cnn_digits', 'smoke')
+    config.train.update(train_overrides)
+    return config
+
+
+@pytest.mark.parametrize('name', CONFIGS)
+def test_every_config_smoke_runs_end_to_end(name, tmp_path):
+    config = load_config(name, 'smoke')
+    if config.data.name == 'sklearn_digits':
+        result = train.run(config, tmp_path)
+    else:
+        with tfds.testing.mock_data(num_examples=48):
+            result = train.run(config, tmp_path)
+    assert 0.0 <= result['accuracy'] <= 1.0 and np.isfinite(result['loss'])
+    rows = writers.read_metrics(tmp_path)
+    train_rows = [r for r in rows if r['split'] == 'train']
+    assert train_rows and all('loss' in r and 'learning_rate' in r for r in train_rows)
+    assert all('examples_per_sec' in r for r in train_rows[1:])
+    assert rows[-1] == {'step': config.train.num_steps, 'split': 'eval', **result}
+    assert json.loads((tmp_path / 'config.json').read_text())['data']['name'] == config.data.name
+    assert (tmp_path / 'checkpoints' / str(config.train.num_steps)).is_dir()
+    assert list((tmp_path / 'tensorboard').glob('events.out.tfevents.*'))
+
+
+def test_loss_falls_on_digits(tmp_path):
+    config = digits_smoke(num_steps=60, log_every=20)
+    config.model.cnn.dropout = 0.0
+    config.optim.schedule = 'constant'
+    result = train.run(config, tmp_path)
+    losses = [r['loss'] for r in writers.read_metrics(tmp_path) if r['split'] == 'train']
+    assert losses[-1] < 0.6 * losses[0]
+    assert result['accuracy'] > 0.5  # chance is 0.1
+
+
+def test_synthetic_data_runs(tmp_path):
+    config = digits_smoke(num_steps=4, log_every=2, eval_every=4, checkpoint_every=4)
+    config.data.name = 'synthetic'
+    config.data.synthetic.update(image_shape=(12, 12, 3), num_classes=5, train_examples=64,
+                                 eval_examples=20)
+    result = train.run(config, tmp_path)
+    assert set(result) == {'loss', 'accuracy'}
+
+
+def test_resume_after_interruption_is_bitwise_identical(tmp_path):
+    config = digits_smoke(num_steps=24, log_every=4, eval_every=8, checkpoint_every=8)
+    expected = train.run(config, tmp_path / 'straight')
+    # Stop mid log-window (step 7), resume, and get the same numbers down to the last bit.
+    assert train.run(config, tmp_path / 'resumed', stop_at_step=7) is None
+    assert train.run(config, tmp_path / 'resumed') == expected
+    assert (without_timing(writers.read_metrics(tmp_path / 'resumed')) ==
+            without_timing(writers.read_metrics(tmp_path / 'straight')))
+    jax.tree.map(np.testing.assert_array_equal, final_params(tmp_path / 'resumed', 24),
+                 final_params(tmp_path / 'straight', 24))
+
+
+def test_finished_run_returns_at_once(tmp_path, monkeypatch):
+    config = digits_smoke()
+    expected = train.run(config, tmp_path)
+    metrics_before = (tmp_path / 'metrics.jsonl').read_text()
+
+    def no_compiling(*args, **kwargs):
+        raise AssertionError('a finished run must not compile')
+    monkeypatch.setattr(jax, 'jit', no_compiling)
+    assert train.run(config, tmp_path) == expected
+    assert (tmp_path / 'metrics.jsonl').read_text() == metrics_before
+
+
+def test_batch_size_devices_cannot_divide_is_a_clear_error(tmp_path):
+    with pytest.raises(UserError, match=r'train.batch_size=12 .* 8 batch shards.*try 8'):
+        train.run(digits_smoke(batch_size=12), tmp_path / 'run')
+    assert not (tmp_path / 'run').exists()
+
+
+def test_unwritable_workdir_is_a_clear_error(tmp_path):
+    (tmp_path / 'a_file').write_text('not a folder')
+    with pytest.raises(UserError, match='cannot be written.*choose another --workdir'):
+        train.run(digits_smoke(), tmp_path / 'a_file' / 'run')
+
+
+def test_checkpoint_from_incompatible_config_names_the_shapes(tmp_path):
+    train.run(digits_smoke(), tmp_path, stop_at_step=10)
+    config_before = (tmp_path / 'config.json').read_text()
+    config = digits_smoke()
+    config.model.cnn.features = (4, 16)
+    with pytest.raises(UserError, match=r'params\.conv1\.kernel is \(3, 3, 1, 8\) there and '
+                                        r'\(3, 3, 1, 4\) here'):
+        train.run(config, tmp_path)
+    assert (tmp_path / 'config.json').read_text() == config_before
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(tmp_path):
+    train.run(digits_smoke(), tmp_path, stop_at_step=10)
+    config = digits_smoke()
+    config.optim.learning_rate = 1e30
+    with pytest.raises(UserError, match=r'NaN/Inf at step 1[1-5]; .* last good checkpoint '
+                                        r'\(step 10\)'):
+        train.run(config, tmp_path)
+    assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['10']
+
+
+def test_mnist_config_resumes_under_mock_data(tmp_path):
+    config = load_config('cnn_mnist', 'smoke')
+    with tfds.testing.mock_data(num_examples=48):
+        expected = train.run(config, tmp_path / 'straight')
+        train.run(config, tmp_path / 'resumed', stop_at_step=3)
+        assert train.run(config, tmp_path / 'resumed') == expected
