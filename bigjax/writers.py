@@ -85,6 +85,7 @@ class Progress:
         self.enabled = enabled
         self.total_steps = total_steps
         self.bar = None
+        self.shown = {}  # The latest train loss and eval accuracy, beside the bar.
         self.first_step, self.start_time = start_step, time.monotonic()
         if enabled and sys.stderr.isatty():
             self.bar = tqdm.tqdm(total=total_steps, initial=start_step, unit='step',
@@ -98,7 +99,10 @@ class Progress:
         if not self.enabled:
             return
         if self.bar is not None:
-            self.bar.set_postfix_str(f'{split} {format_values(values)}', refresh=True)
+            key = 'loss' if split == 'train' else 'accuracy'
+            if key in values:
+                self.shown[f'{split}_{key}'] = values[key]
+            self.bar.set_postfix_str(format_values(self.shown), refresh=True)
             return
         line = f'step {step}/{self.total_steps} {split}: {format_values(values)}'
         if split == 'train':

@@ -10,7 +10,7 @@ def get_config(arg: str | None = None):
     config = default_config()
     config.data.name = 'sklearn_digits'
     # The article's conv 32 -> conv 64 -> dense 128, with 'SAME' padding (inputs are only 8x8),
-    # batch norm, 2x2 max pooling and dropout: 99.4-99.7 % test accuracy over seeds 0-2.
+    # batch norm, 2x2 max pooling and dropout: 99.2-99.4 % test accuracy over seeds 0-4.
     config.model.cnn.padding = 'SAME'
     config.model.cnn.batch_norm = True
     config.model.cnn.pooling = 'max'
