@@ -72,6 +72,16 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
+def shrink_to_smoke(config: ml_collections.ConfigDict, *, num_steps: int) -> None:
+    """Makes `train` a few steps that still log, evaluate and checkpoint: the `:smoke` variants."""
+    config.train.batch_size = 16
+    config.train.eval_batch_size = 16
+    config.train.num_steps = num_steps
+    config.train.log_every = max(num_steps // 4, 1)
+    config.train.eval_every = max(num_steps // 2, 1)
+    config.train.checkpoint_every = max(num_steps // 2, 1)
+
+
 def check(config: ml_collections.ConfigDict) -> None:
     """Raises UserError naming the first key the schema lacks or whose value has the wrong type."""
     _check_against(config, default_config(), 'config')

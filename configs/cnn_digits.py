@@ -3,7 +3,7 @@
 python launch.py --config=configs/cnn_digits.py --workdir=/tmp/bigjax/digits
 """
 
-from bigjax.config import default_config
+from bigjax.config import default_config, shrink_to_smoke
 
 
 def get_config(arg: str | None = None):
@@ -24,11 +24,7 @@ def get_config(arg: str | None = None):
     if arg == 'smoke':
         config.model.cnn.features = (8, 16)
         config.model.cnn.hidden = 32
-        config.train.batch_size = 16
-        config.train.num_steps = 20
-        config.train.log_every = 5
-        config.train.eval_every = 10
-        config.train.checkpoint_every = 10
+        shrink_to_smoke(config, num_steps=20)
     elif arg:
         raise ValueError(f'unknown config arg {arg!r}; use "smoke" or nothing')
     return config

@@ -4,7 +4,7 @@ Needs internet once (tfds downloads and prepares mnist); offline, use configs/cn
 python launch.py --config=configs/cnn_mnist.py --workdir=/tmp/bigjax/mnist
 """
 
-from bigjax.config import default_config
+from bigjax.config import default_config, shrink_to_smoke
 
 
 def get_config(arg: str | None = None):
@@ -22,12 +22,7 @@ def get_config(arg: str | None = None):
     if arg == 'smoke':
         config.model.cnn.features = (4, 8)
         config.model.cnn.hidden = 16
-        config.train.batch_size = 16
-        config.train.eval_batch_size = 16
-        config.train.num_steps = 6
-        config.train.log_every = 2
-        config.train.eval_every = 3
-        config.train.checkpoint_every = 3
+        shrink_to_smoke(config, num_steps=6)
     elif arg:
         raise ValueError(f'unknown config arg {arg!r}; use "smoke" or nothing')
     return config
