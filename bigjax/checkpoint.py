@@ -53,6 +53,11 @@ class Checkpointer:
             state=ocp.args.StandardSave(state), window=ocp.args.StandardSave(window),
             data=ocp.args.JsonSave(data_state), config=ocp.args.JsonSave(config_json)))
 
+    def saved_config(self, step: int) -> dict:
+        """The resolved config (as JSON) of the run that wrote the checkpoint at `step`."""
+        return self.manager.restore(step, args=ocp.args.Composite(
+            config=ocp.args.JsonRestore())).config
+
     def restore(self, step: int, abstract_state, abstract_window):
         """(state, window, data_state) at `step`, laid out as the abstract trees' shardings say."""
         restored = self.manager.restore(step, args=ocp.args.Composite(

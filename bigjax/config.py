@@ -85,6 +85,8 @@ def shrink_to_smoke(config: ml_collections.ConfigDict, *, num_steps: int) -> Non
 def check(config: ml_collections.ConfigDict) -> None:
     """Raises UserError naming the first key the schema lacks or whose value has the wrong type."""
     _check_against(config, default_config(), 'config')
+    if config.seed < 0:
+        raise UserError(f'seed={config.seed} must be >= 0')
 
 
 def _check_against(config, schema, prefix: str) -> None:

@@ -3,6 +3,7 @@
 Only process 0 writes; on other processes every method does nothing.
 """
 
+import contextlib
 import json
 import logging
 import sys
@@ -11,15 +12,25 @@ import time
 import tqdm
 from etils import epath
 
+from bigjax import workdir as workdir_lib
+
 METRICS_FILE = 'metrics.jsonl'
 
 log = logging.getLogger('bigjax')
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a message comes (pytest and notebooks swap it)."""
+
+    def emit(self, record):
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def show_log() -> None:
     """Sends bigjax's INFO messages to stderr unless the caller set up handlers for them."""
     if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _CurrentStderr()
         handler.setFormatter(logging.Formatter('%(asctime)s %(message)s', '%H:%M:%S'))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
@@ -56,12 +67,11 @@ class MetricWriter:
         if not enabled:
             return
         kept = [row for row in read_metrics(workdir) if row.get('step', 0) <= start_step]
-        tmp = self.path.parent / (METRICS_FILE + '.tmp')
-        tmp.write_text(''.join(json.dumps(row) + '\n' for row in kept))
-        tmp.replace(self.path)
+        workdir_lib.write_atomically(self.path, ''.join(json.dumps(row) + '\n' for row in kept))
         from tensorboardX import SummaryWriter
+        # TensorBoard hides events at steps >= purge_step that earlier runs left behind.
         self.tensorboard = SummaryWriter(str(epath.Path(workdir) / 'tensorboard'),
-                                         purge_step=start_step or None)
+                                         purge_step=start_step + 1)
 
     def write(self, step: int, split: str, values: dict) -> None:
         if not self.enabled:
@@ -76,6 +86,38 @@ class MetricWriter:
     def close(self) -> None:
         if self.tensorboard is not None:
             self.tensorboard.close()
+
+
+class Throughput:
+    """Training speed over a log window, leaving out compilation, eval and checkpoint time."""
+
+    def __init__(self, step: int):
+        self.restart(step)
+        self.first_step_seconds = None
+
+    def restart(self, step: int) -> None:
+        self.start, self.first_step, self.paused_seconds = time.monotonic(), step, 0.0
+
+    def first_step_done(self, step: int) -> float:
+        """Call once the first step (compilation included) has finished; returns its seconds."""
+        self.first_step_seconds = time.monotonic() - self.start
+        self.restart(step)
+        return self.first_step_seconds
+
+    @contextlib.contextmanager
+    def paused(self):
+        began = time.monotonic()
+        yield
+        self.paused_seconds += time.monotonic() - began
+
+    def rates(self, step: int, batch_size: int) -> dict:
+        """steps/s and examples/s since the window began; a window holding only the first step
+        is measured with its compilation (there is nothing else to measure)."""
+        steps, seconds = step - self.first_step, time.monotonic() - self.start - self.paused_seconds
+        if steps <= 0:
+            steps, seconds = 1, self.first_step_seconds
+        steps_per_sec = steps / max(seconds, 1e-9)
+        return {'steps_per_sec': steps_per_sec, 'examples_per_sec': steps_per_sec * batch_size}
 
 
 class Progress:

@@ -48,7 +48,7 @@ def test_every_optimizer_minimises_a_quadratic(name, extras):
         return optax.apply_updates(params, updates), state
 
     params, _ = jax.jit(lambda c: jax.lax.fori_loop(0, 200, step, c))((params, tx.init(params)))
-    assert loss(params) < 0.1 * 8
+    assert loss(params) < 0.01 * 8  # from 8 at the start
 
 
 def test_weight_decay_only_touches_kernels():

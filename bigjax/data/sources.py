@@ -7,6 +7,7 @@ so a finished run can be recognised without decoding a dataset.
 import dataclasses
 import functools
 import importlib
+import os
 import socket
 from typing import Callable
 
@@ -59,6 +60,10 @@ def _synthetic(data_config) -> ImageDataset:
     """Random images and labels with the configured shapes: for benchmarks, not for learning."""
     syn = data_config.synthetic
     shape = tuple(syn.image_shape)
+    if len(shape) != 3 or min(shape) < 1 or syn.num_classes < 2 or min(
+            syn.train_examples, syn.eval_examples) < 1:
+        raise UserError('data.synthetic needs image_shape (height, width, channels) >= 1, '
+                        'num_classes >= 2 and train_examples, eval_examples >= 1')
 
     def split(num_examples, seed):
         def read():
@@ -128,6 +133,8 @@ def _data_source(builder, split: str, data_config):
     known = list(builder.info.splits)
     if split.split('[')[0] not in known:
         raise UserError(f'dataset {name!r} has no split {split!r}; its splits are {known}')
+    if builder.info.splits[split].num_examples == 0:
+        raise UserError(f'split {split!r} of dataset {name!r} has no examples')
     return builder.as_data_source(split)
 
 
@@ -147,6 +154,9 @@ def _prepare(builder, data_config) -> None:
 
 
 def _online(timeout_s: float = 3.0) -> bool:
+    """Whether the download host answers; behind a proxy, tfds is left to find out."""
+    if any(os.environ.get(name) for name in ('HTTPS_PROXY', 'https_proxy', 'ALL_PROXY')):
+        return True
     try:
         socket.create_connection(DOWNLOAD_HOST, timeout=timeout_s).close()
         return True

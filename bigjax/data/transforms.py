@@ -14,15 +14,19 @@ def normalization_stats(train_images: np.ndarray, pixel_max: float, mode: str) -
     'standard': mean and standard deviation of the training split's pixels (per channel).
     'unit': pixels mapped to [0, 1] by the dataset's largest pixel value.
     """
+    check_normalization(mode)
     channels = train_images.shape[-1]
     if mode == 'unit':
         return {'mean': np.zeros(channels, np.float32),
                 'scale': np.full(channels, pixel_max, np.float32)}
-    if mode == 'standard':
-        pixels = train_images.reshape(-1, channels).astype(np.float64)
-        return {'mean': pixels.mean(0).astype(np.float32),
-                'scale': np.maximum(pixels.std(0), 1e-6).astype(np.float32)}
-    raise UserError(f'data.normalize={mode!r} is not one of {NORMALIZATIONS}')
+    pixels = train_images.reshape(-1, channels).astype(np.float64)
+    return {'mean': pixels.mean(0).astype(np.float32),
+            'scale': np.maximum(pixels.std(0), 1e-6).astype(np.float32)}
+
+
+def check_normalization(mode: str) -> None:
+    if mode not in NORMALIZATIONS:
+        raise UserError(f'data.normalize={mode!r} is not one of {NORMALIZATIONS}')
 
 
 def normalize(images_BHWC: jnp.ndarray, stats: dict) -> jnp.ndarray:

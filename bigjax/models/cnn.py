@@ -40,6 +40,12 @@ class SimpleCNN(nn.Module):
                                     ('padding', self.padding, PADDINGS)):
             if value not in known:
                 raise UserError(f'model.cnn.{field}={value!r} is not one of {list(known)}')
+        if not (self.kernel_size >= 1 and self.hidden >= 1 and self.features
+                and min(self.features) >= 1):
+            raise UserError('model.cnn.kernel_size, hidden and every entry of features must be '
+                            '>= 1, with at least one conv layer')
+        if not 0 <= self.dropout < 1:
+            raise UserError(f'model.cnn.dropout={self.dropout} must be in [0, 1)')
 
     @nn.compact
     def __call__(self, x_BHWC: jnp.ndarray, *, train: bool) -> jnp.ndarray:
