@@ -21,6 +21,23 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.train_split = 'train'
     c.data.eval_split = 'test'
     c.data.normalize = 'standard'  # 'standard' (train mean/std per channel) | 'unit' ([0, 1])
+    c.data.augment = ml_collections.ConfigDict()  # images, training only, on device (augment.py)
+    c.data.augment.crop_padding = 0  # random crop: shift by up to this many pixels, zero fill
+    c.data.augment.rotation_degrees = 0.0  # rotate by a uniform angle in +-this
+    c.data.augment.scale_min = 1.0  # zoom by a uniform factor in [scale_min, scale_max]
+    c.data.augment.scale_max = 1.0
+    c.data.augment.horizontal_flip = False  # mirror half of the images
+    c.data.text = ml_collections.ConfigDict()  # text datasets (datasets.py, text.py)
+    c.data.text.task = 'auto'  # 'lm' | 'classification' | 'auto' (classification if labelled)
+    c.data.text.feature = 'text'  # the tfds feature holding the text
+    c.data.text.label_feature = 'label'  # classification: a ClassLabel or bool feature
+    c.data.text.tokenizer = 'byte'  # 'byte' (258 ids) | 'bpe' (trained on the train split)
+    c.data.text.vocab_size = 4096  # 'bpe' only
+    c.data.text.seq_len = 256  # tokens per sequence: packed (lm) or truncated and padded
+    c.data.text.unicode_form = 'NFC'  # unicode normalisation; '' = none
+    c.data.text.whitespace = 'lines'  # 'keep' | 'lines' (strip line ends) | 'collapse' (prose)
+    c.data.text.drop_duplicates = True  # drop exact duplicate documents (after cleaning)
+    c.data.prefetch = 2  # batches prepared on device ahead of the step; 0 = none
     c.data.synthetic = ml_collections.ConfigDict()  # shapes for data.name == 'synthetic'
     c.data.synthetic.image_shape = (28, 28, 1)
     c.data.synthetic.num_classes = 10

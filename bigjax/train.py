@@ -19,6 +19,7 @@ from bigjax import data as data_lib
 from bigjax import metrics, models, optim, parallel, steps, writers
 from bigjax import workdir as workdir_lib
 from bigjax.checkpoint import Checkpointer
+from bigjax.data import augment
 from bigjax.errors import UserError
 from bigjax.writers import log
 
@@ -58,7 +59,7 @@ class _Plan:
     config: Any
     workdir: epath.Path
     mesh: jax.sharding.Mesh
-    dataset: data_lib.ImageDataset
+    dataset: data_lib.Dataset
     schedule: Schedule
     model: Any
     tx: Any
@@ -96,10 +97,14 @@ def _plan(config, workdir) -> _Plan:
     parallel.check_batch_size('train.batch_size', config.train.batch_size, mesh)
     parallel.check_batch_size('train.eval_batch_size', _eval_batch_size(config), mesh)
     data_lib.check_normalization(config.data.normalize)
+    augment.check(config.data.augment)
     workdir = workdir_lib.resolve(workdir)
     dataset = data_lib.open_dataset(config.data)
     schedule = make_schedule(config.train, len(dataset.train))
-    model = models.build_model(config.model, dataset.num_classes)
+    if augment.is_enabled(config.data.augment) and dataset.kind != 'image':
+        raise UserError(f'data.augment transforms images and {config.data.name!r} is '
+                        f'{dataset.kind} data: leave data.augment at its defaults')
+    model = models.build_model(config.model, dataset.kind, dataset.num_classes)
     tx = optim.build_optimizer(config.optim, schedule.total_steps)
     sample_input = jnp.zeros((1, *dataset.image_shape), jnp.float32)
     init = functools.partial(steps.init_state, model=model, tx=tx, sample_input=sample_input)
@@ -114,7 +119,8 @@ def _train(plan: _Plan, checkpointer: Checkpointer, latest: int | None,
     train_arrays = plan.dataset.train.arrays
     stats = data_lib.normalization_stats(train_arrays['image'], plan.dataset.pixel_max,
                                          config.data.normalize)
-    prepare = functools.partial(_prepare, stats=stats)
+    prepare = functools.partial(data_lib.image_inputs, stats=stats,
+                                augment_config=config.data.augment)
     train_iter = data_lib.ArrayTrainIterator(train_arrays, config.train.batch_size, config.seed,
                                              jax.process_index(), jax.process_count())
     replicated = parallel.replicated(mesh)
@@ -141,9 +147,11 @@ def _train(plan: _Plan, checkpointer: Checkpointer, latest: int | None,
     progress = writers.Progress(start_step, schedule.total_steps, enabled=is_main)
     throughput = writers.Throughput(start_step)
     final_eval = None
+    batches = data_lib.prefetch(train_iter, config.data.prefetch,
+                                functools.partial(parallel.global_batch, mesh=mesh))
     try:
         for step in range(start_step + 1, schedule.total_steps + 1):
-            batch = parallel.global_batch(next(train_iter), mesh)
+            batch, data_state = next(batches)
             state, window = train_fn(state, window, batch)
             if step == start_step + 1:
                 jax.block_until_ready(state)
@@ -169,12 +177,13 @@ def _train(plan: _Plan, checkpointer: Checkpointer, latest: int | None,
                     writer.write(step, 'eval', final_eval)
                     progress.report(step, 'eval', final_eval)
                 if checkpoint:
-                    checkpointer.save(step, state, window, train_iter.state(), config_json)
+                    checkpointer.save(step, state, window, data_state, config_json)
             if log_now:
                 throughput.restart(step)
             if step == stop_at_step:
                 return None
     finally:
+        batches.close()
         progress.close()
         writer.close()
     log.info('Final eval at step %d: %s', schedule.total_steps, writers.format_values(final_eval))
@@ -207,11 +216,6 @@ def _changed_keys(before: dict, after: dict, prefix: str = '') -> list[str]:
 
 def _eval_batch_size(config) -> int:
     return config.train.eval_batch_size or config.train.batch_size
-
-
-def _prepare(batch: dict, rng: jax.Array, train: bool, *, stats: dict) -> jax.Array:
-    del rng, train  # Augmentation will use them.
-    return data_lib.normalize(batch['image'], stats)
 
 
 def _empty_window() -> dict:

@@ -73,6 +73,18 @@ def test_train_iterator_resumes_exactly():
     np.testing.assert_array_equal(np.stack(seen), np.stack(expected))
 
 
+@pytest.mark.parametrize('depth', [0, 1, 3])
+def test_prefetch_keeps_order_and_pairs_each_batch_with_the_state_after_it(depth):
+    expected = data.ArrayTrainIterator(arrays(), 4, seed=3)
+    batches = data.prefetch(data.ArrayTrainIterator(arrays(), 4, seed=3), depth,
+                            to_device=lambda batch: batch['label'] * 10)
+    for i in range(6):
+        labels, state = next(batches)
+        np.testing.assert_array_equal(labels, next(expected)['label'] * 10)
+        assert state == {'next_step': i + 1}
+    batches.close()
+
+
 def test_processes_split_each_global_batch():
     whole = data.ArrayTrainIterator(arrays(12), 6, seed=1)
     parts = [data.ArrayTrainIterator(arrays(12), 6, seed=1, process_index=p, process_count=3)

@@ -46,7 +46,8 @@ def test_missing_config_file_is_a_one_line_error(tmp_path):
 
 def test_sigkill_then_rerun_resumes_bitwise_identical(tmp_path):
     overrides = ('--config.train.num_steps=600', '--config.train.log_every=20',
-                 '--config.train.eval_every=200', '--config.train.checkpoint_every=50')
+                 '--config.train.eval_every=200', '--config.train.checkpoint_every=50',
+                 '--config.data.augment.rotation_degrees=10', '--config.data.prefetch=3')
     code, output = launch(tmp_path / 'straight', *overrides)
     assert code == 0, output
 

@@ -55,7 +55,7 @@ def test_dropout_only_in_training():
 
 def test_build_model_from_config():
     config = default_config()
-    model = build_model(config.model, num_classes=4)
+    model = build_model(config.model, 'image', num_classes=4)
     assert isinstance(model, SimpleCNN) and model.num_classes == 4
     assert model.features == (32, 64)
 
@@ -69,7 +69,7 @@ def test_unknown_options_are_clear_errors(options, message):
     config = default_config()
     config.model.cnn.update(options)
     with pytest.raises(UserError, match=message):
-        build_model(config.model, num_classes=10)
+        build_model(config.model, 'image', num_classes=10)
 
 
 def test_input_too_small_is_a_clear_error():

@@ -1,127 +1,57 @@
-"""Where examples come from: tfds datasets (offline local builders included) and synthetic data.
+"""Access to tfds datasets, offline local builders included: opening, preparing, reading splits.
 
-A source is opened cheaply (its length is known at once) and read into host memory on demand,
-so a finished run can be recognised without decoding a dataset.
+Every failure a user can cause or fix (unknown name, missing split, no internet, a corrupted or
+wrongly formatted prepared folder) is a one-line UserError that says what to do.
 """
 
 import dataclasses
-import functools
 import importlib
 import os
 import socket
-from typing import Callable
 
-import numpy as np
+from etils import epath
 
 from bigjax.errors import UserError
 
 # Local tfds builders, registered with tfds when their module is imported.
-LOCAL_BUILDERS = {'sklearn_digits': 'bigjax.data.digits'}
-# Largest pixel value of image datasets whose tfds info does not say.
-PIXEL_MAX = {'sklearn_digits': 16}
+LOCAL_BUILDERS = {'sklearn_digits': 'bigjax.data.digits', 'python_stdlib': 'bigjax.data.python_stdlib'}
 DOWNLOAD_HOST = ('storage.googleapis.com', 443)
 
 
 @dataclasses.dataclass(frozen=True)
-class Split:
-    """One split: its size now, its arrays ({'image': uint8 NHWC, 'label': int32}) on demand."""
+class TfdsSplit:
+    """A random-access split and where derived files (caches) for it belong."""
 
-    num_examples: int
-    read_fn: Callable[[], dict[str, np.ndarray]]
-
-    def __len__(self) -> int:
-        return self.num_examples
-
-    @functools.cached_property
-    def arrays(self) -> dict[str, np.ndarray]:
-        return self.read_fn()
+    name: str  # the dataset, e.g. 'mnist' or 'python_stdlib/py311'
+    split: str
+    source: object  # len() and iteration over example dicts
+    features: object  # tfds FeaturesDict
+    cache_dir: epath.Path | None  # None when the data is not on disk (tfds.testing.mock_data)
+    cache_key: dict
 
 
-@dataclasses.dataclass(frozen=True)
-class ImageDataset:
-    """Train and eval splits of an image classification dataset."""
-
-    name: str
-    train: Split
-    eval: Split
-    num_classes: int
-    image_shape: tuple[int, int, int]
-    pixel_max: float
-
-
-def open_dataset(data_config) -> ImageDataset:
-    """Opens the configured dataset's train and eval splits without reading them."""
-    if data_config.name == 'synthetic':
-        return _synthetic(data_config)
-    return _tfds(data_config)
-
-
-def _synthetic(data_config) -> ImageDataset:
-    """Random images and labels with the configured shapes: for benchmarks, not for learning."""
-    syn = data_config.synthetic
-    shape = tuple(syn.image_shape)
-    if len(shape) != 3 or min(shape) < 1 or syn.num_classes < 2 or min(
-            syn.train_examples, syn.eval_examples) < 1:
-        raise UserError('data.synthetic needs image_shape (height, width, channels) >= 1, '
-                        'num_classes >= 2 and train_examples, eval_examples >= 1')
-
-    def split(num_examples, seed):
-        def read():
-            rng = np.random.default_rng(seed)
-            return {
-                'image': rng.integers(0, 256, (num_examples, *shape), dtype=np.uint8),
-                'label': rng.integers(0, syn.num_classes, num_examples).astype(np.int32),
-            }
-        return Split(num_examples, read)
-
-    return ImageDataset('synthetic', split(syn.train_examples, 0), split(syn.eval_examples, 1),
-                        syn.num_classes, shape, 255.0)
-
-
-def _tfds(data_config) -> ImageDataset:
+def open_builder(data_config):
+    """The tfds builder of data.name (a local builder's module is imported first)."""
     import tensorflow_datasets as tfds
 
     name = data_config.name
-    if name in LOCAL_BUILDERS:
-        importlib.import_module(LOCAL_BUILDERS[name])
+    if name.split('/')[0] in LOCAL_BUILDERS:
+        importlib.import_module(LOCAL_BUILDERS[name.split('/')[0]])
     try:
-        builder = tfds.builder(name, data_dir=data_config.data_dir or None)
+        return tfds.builder(name, data_dir=data_config.data_dir or None)
     except tfds.core.registered.DatasetNotFoundError:
         raise UserError(
             f'unknown dataset {name!r}: use a tfds name (https://www.tensorflow.org/datasets/catalog), '
             f'one of the offline datasets {sorted(LOCAL_BUILDERS)}, or "synthetic"') from None
-    train = _open_split(builder, data_config.train_split, data_config)
-    eval_ = _open_split(builder, data_config.eval_split, data_config)
-    features = builder.info.features
-    if 'image' not in features or 'label' not in features:
-        raise UserError(f'dataset {name!r} has no image and label features: '
-                        'it is not an image classification dataset')
-    shape = tuple(features['image'].shape)
-    if None in shape:
-        raise UserError(f'dataset {name!r} has images of varying size {shape}; '
-                        'only fixed-size images are supported')
-    return ImageDataset(name, train, eval_, features['label'].num_classes, shape,
-                        float(PIXEL_MAX.get(name, 255)))
 
 
-def _open_split(builder, split: str, data_config) -> Split:
-    source = _data_source(builder, split, data_config)
-
-    def read():
-        examples = list(source)
-        return {
-            'image': np.stack([e['image'] for e in examples]).astype(np.uint8),
-            'label': np.asarray([e['label'] for e in examples], dtype=np.int32),
-        }
-    return Split(len(source), read)
-
-
-def _data_source(builder, split: str, data_config):
+def open_split(builder, split: str, data_config) -> TfdsSplit:
     """A random-access source of `split`, preparing the dataset first if it has to."""
-    name = builder.info.name
+    name = builder.info.full_name
     if not builder.is_prepared():
         try:  # tfds.testing.mock_data serves datasets that are not prepared.
-            return builder.as_data_source(split)
+            source = builder.as_data_source(split)
+            return TfdsSplit(name, split, source, builder.info.features, None, {})
         except Exception:  # A real unprepared dataset cannot be read: prepare it below.
             pass
         _prepare(builder, data_config)
@@ -129,13 +59,33 @@ def _data_source(builder, split: str, data_config):
         raise UserError(
             f'dataset {name!r} in {builder.data_dir} is stored as {builder.info.file_format}, '
             f'bigjax reads array_record: set --config.data.data_dir to an empty folder, '
-            f'or rebuild it with `tfds build {name} --file_format=array_record`')
+            f'or rebuild it with `tfds build {builder.info.name} --file_format=array_record`')
     known = list(builder.info.splits)
     if split.split('[')[0] not in known:
         raise UserError(f'dataset {name!r} has no split {split!r}; its splits are {known}')
     if builder.info.splits[split].num_examples == 0:
         raise UserError(f'split {split!r} of dataset {name!r} has no examples')
-    return builder.as_data_source(split)
+    try:
+        source = builder.as_data_source(split)
+    except Exception as e:  # array_record raises several types for damaged files.
+        raise corrupted(builder, e) from None
+    cache_dir = epath.Path(builder.data_dir_root) / 'bigjax_cache' / name
+    key = {'dataset': name, 'split': split, 'metadata': dict(builder.info.metadata or {})}
+    return TfdsSplit(name, split, source, builder.info.features, cache_dir, key)
+
+
+def read_all(split: TfdsSplit, builder) -> list[dict]:
+    """Every example of the split, in order; a damaged file is a UserError."""
+    try:
+        return list(split.source)
+    except Exception as e:
+        raise corrupted(builder, e) from None
+
+
+def corrupted(builder, error: Exception) -> UserError:
+    return UserError(f'the prepared dataset in {builder.data_dir} cannot be read '
+                     f'({type(error).__name__}: {str(error)[:120]}): delete that folder and '
+                     'rerun to prepare it again')
 
 
 def _prepare(builder, data_config) -> None:

@@ -1,8 +1,10 @@
 """Array transforms applied inside the jitted step, so the host only moves uint8 pixels."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bigjax.data import augment
 from bigjax.errors import UserError
 
 NORMALIZATIONS = ('standard', 'unit')
@@ -30,4 +32,12 @@ def check_normalization(mode: str) -> None:
 
 
 def normalize(images_BHWC: jnp.ndarray, stats: dict) -> jnp.ndarray:
+    """(pixels - mean) / scale per channel, in float32."""
     return (images_BHWC.astype(jnp.float32) - stats['mean']) / stats['scale']
+
+
+def image_inputs(batch: dict, rng: jax.Array, train: bool, *, stats: dict,
+                 augment_config) -> jax.Array:
+    """The model's input from a batch of uint8 images: augmented when training, normalised."""
+    images = augment.augment(batch['image'], rng, augment_config) if train else batch['image']
+    return normalize(images, stats)

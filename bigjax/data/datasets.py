@@ -1,0 +1,201 @@
+"""From a `data` config to train/eval arrays, for images and for text.
+
+Images: {'image': uint8 (N, H, W, C), 'label': int32 (N,)}.
+Text LM: {'tokens': (N, seq_len + 1)} packed windows. Text classification: {'tokens': (N, seq_len)}
+padded with PAD_ID, and 'label'. Decoded images and tokenized text are cached beside the data
+(cache.py), so only the first run pays for decoding, cleaning and tokenizing.
+"""
+
+import dataclasses
+import functools
+import logging
+from typing import Callable
+
+import numpy as np
+
+from bigjax.data import cache, sources, text, tokenizers
+from bigjax.errors import UserError
+
+log = logging.getLogger('bigjax')
+KINDS = ('image', 'text_lm', 'text_classification')
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """One split: its size now, its arrays on demand (decoding happens on first access)."""
+
+    num_examples: int
+    read_fn: Callable[[], dict[str, np.ndarray]]
+
+    def __len__(self) -> int:
+        return self.num_examples
+
+    @functools.cached_property
+    def arrays(self) -> dict[str, np.ndarray]:
+        return self.read_fn()
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """Train and eval splits and what a model needs to know about them."""
+
+    name: str
+    kind: str  # one of KINDS
+    train: Split
+    eval: Split
+    num_classes: int = 0  # classification kinds
+    image_shape: tuple = ()  # 'image'
+    pixel_max: float = 0.0  # 'image': the largest pixel value
+    seq_len: int = 0  # text kinds
+    tokenizer: tokenizers.Tokenizer | None = None  # text kinds
+
+
+def open_dataset(data_config) -> Dataset:
+    """The configured dataset; image splits are decoded lazily, text splits are ready."""
+    if data_config.name == 'synthetic':
+        return _synthetic(data_config)
+    builder = sources.open_builder(data_config)
+    features = builder.info.features
+    if 'image' in features:
+        return _images(builder, data_config)
+    if data_config.text.feature in features:
+        return _text(builder, data_config)
+    raise UserError(f'dataset {data_config.name!r} has no "image" feature and no text feature '
+                    f'{data_config.text.feature!r} (data.text.feature); its features are '
+                    f'{list(features)}')
+
+
+def _synthetic(data_config) -> Dataset:
+    """Random images and labels with the configured shapes: for benchmarks, not for learning."""
+    syn = data_config.synthetic
+    shape = tuple(syn.image_shape)
+    if len(shape) != 3 or min(shape) < 1 or syn.num_classes < 2 or min(
+            syn.train_examples, syn.eval_examples) < 1:
+        raise UserError('data.synthetic needs image_shape (height, width, channels) >= 1, '
+                        'num_classes >= 2 and train_examples, eval_examples >= 1')
+
+    def split(num_examples, seed):
+        def read():
+            rng = np.random.default_rng(seed)
+            return {'image': rng.integers(0, 256, (num_examples, *shape), dtype=np.uint8),
+                    'label': rng.integers(0, syn.num_classes, num_examples).astype(np.int32)}
+        return Split(num_examples, read)
+
+    return Dataset('synthetic', 'image', split(syn.train_examples, 0),
+                   split(syn.eval_examples, 1), num_classes=syn.num_classes, image_shape=shape,
+                   pixel_max=255.0)
+
+
+def _images(builder, data_config) -> Dataset:
+    features = builder.info.features
+    name = data_config.name
+    if 'label' not in features:
+        raise UserError(f'dataset {name!r} has images but no "label" feature to classify')
+    shape = tuple(features['image'].shape)
+    if None in shape:
+        raise UserError(f'dataset {name!r} has images of varying size {shape}; '
+                        'only fixed-size images are supported')
+
+    def split(split_name):
+        tfds_split = sources.open_split(builder, split_name, data_config)
+
+        def build():
+            examples = sources.read_all(tfds_split, builder)
+            return {'image': np.stack([e['image'] for e in examples]).astype(np.uint8),
+                    'label': np.asarray([e['label'] for e in examples], np.int32)}, {}
+        return Split(len(tfds_split.source), lambda: _cached(tfds_split, {'kind': 'image'},
+                                                            build)[0])
+
+    metadata = builder.info.metadata or {}
+    return Dataset(name, 'image', split(data_config.train_split), split(data_config.eval_split),
+                   num_classes=features['label'].num_classes, image_shape=shape,
+                   pixel_max=float(metadata.get('pixel_max', 255)))
+
+
+def _text(builder, data_config) -> Dataset:
+    t = data_config.text
+    tokenizers.check(t)
+    if t.seq_len < 1:
+        raise UserError(f'data.text.seq_len={t.seq_len} must be >= 1')
+    features = builder.info.features
+    task = t.task if t.task != 'auto' else (
+        'classification' if t.label_feature in features else 'lm')
+    if task not in ('lm', 'classification'):
+        raise UserError(f'data.text.task={t.task!r} is not one of auto, lm, classification')
+    num_classes = _num_classes(features, t.label_feature) if task == 'classification' else 0
+    train = sources.open_split(builder, data_config.train_split, data_config)
+    eval_ = sources.open_split(builder, data_config.eval_split, data_config)
+    cleaning = {'unicode_form': t.unicode_form, 'whitespace': t.whitespace,
+                'drop_duplicates': t.drop_duplicates}
+    tokenizer = _tokenizer(builder, train, t, cleaning)
+    dtype = np.uint16 if tokenizer.vocab_size <= 2 ** 16 else np.int32
+
+    def split(tfds_split):
+        key = {'kind': f'text_{task}', 'seq_len': t.seq_len, 'tokenizer': tokenizer.name,
+               'feature': t.feature, 'label_feature': t.label_feature, **cleaning}
+
+        def build():
+            docs, labels = _documents(builder, tfds_split, t.feature,
+                                      t.label_feature if task == 'classification' else None)
+            docs, labels, report = text.clean_documents(docs, labels, **cleaning)
+            token_docs = tokenizer.encode_batch(docs)
+            if task == 'lm':
+                return {'tokens': text.pack(token_docs, t.seq_len, dtype)}, vars(report)
+            return {'tokens': text.pad(token_docs, t.seq_len, dtype),
+                    'label': labels.astype(np.int32)}, vars(report)
+
+        arrays, report = _cached(tfds_split, key, build)
+        log.info('%s %s: %s; %d sequences of %d tokens', tfds_split.name, tfds_split.split,
+                 text.CleaningReport(**report), len(arrays['tokens']), t.seq_len)
+        return Split(len(arrays['tokens']), lambda: arrays)
+
+    return Dataset(data_config.name, f'text_{task}', split(train), split(eval_),
+                   num_classes=num_classes, seq_len=t.seq_len, tokenizer=tokenizer)
+
+
+def _num_classes(features, label_feature: str) -> int:
+    if label_feature not in features:
+        raise UserError(f'data.text.task is classification but the dataset has no feature '
+                        f'{label_feature!r} (data.text.label_feature)')
+    feature = features[label_feature]
+    if hasattr(feature, 'num_classes'):
+        return feature.num_classes
+    if np.dtype(feature.dtype) == np.bool_:
+        return 2
+    raise UserError(f'feature {label_feature!r} is neither a ClassLabel nor a bool: it cannot '
+                    'be a classification label')
+
+
+def _documents(builder, tfds_split, feature: str, label_feature: str | None):
+    examples = sources.read_all(tfds_split, builder)
+    docs = [e[feature].decode('utf-8') if isinstance(e[feature], bytes) else str(e[feature])
+            for e in examples]
+    labels = (np.asarray([int(e[label_feature]) for e in examples])
+              if label_feature is not None else None)
+    return docs, labels
+
+
+def _tokenizer(builder, train_split, text_config, cleaning: dict) -> tokenizers.Tokenizer:
+    """The byte tokenizer, or BPE trained on the cleaned training split (cached beside it)."""
+    if text_config.tokenizer == 'byte':
+        return tokenizers.ByteTokenizer()
+
+    def build():
+        docs, _ = _documents(builder, train_split, text_config.feature, None)
+        docs, _, _ = text.clean_documents(docs, **cleaning)
+        log.info('Training a %d-token BPE on %s %s', text_config.vocab_size, train_split.name,
+                 train_split.split)
+        return {}, {'tokenizer': tokenizers.train_bpe(docs, text_config.vocab_size)}
+
+    key = {'kind': 'bpe', 'vocab_size': text_config.vocab_size, 'feature': text_config.feature,
+           **cleaning}
+    _, report = _cached(train_split, key, build)
+    return tokenizers.BpeTokenizer(report['tokenizer'])
+
+
+def _cached(tfds_split, key: dict, build):
+    """cache.cached beside the dataset; data that is not on disk (mocks) is built each time."""
+    if tfds_split.cache_dir is None:
+        return build()
+    return cache.cached(tfds_split.cache_dir, {**tfds_split.cache_key, **key}, build)
+
