@@ -1,6 +1,10 @@
-"""Train a bigjax config: python launch.py --config=configs/cnn_digits.py[:smoke] --workdir=DIR.
+"""Train a bigjax config, or sample from the LM it trained.
 
+python launch.py --config=configs/cnn_digits.py[:smoke] --workdir=DIR
+python launch.py --config=configs/transformer_cpu.py --workdir=DIR --mode=sample --prompt='def '
 Any config value can be overridden: --config.optim.learning_rate=3e-4 --config.train.num_steps=500.
+Several processes (multi-host GPU, or CPU tests): --num_processes=N --process_id=I
+--coordinator_address=HOST:PORT on each; on Cloud TPU slices this is detected by itself.
 """
 
 import sys
@@ -11,6 +15,14 @@ from ml_collections import config_flags
 config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/cnn_digits.py[:arg].',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and the report go (resumes).')
+flags.DEFINE_enum('mode', 'train', ['train', 'sample'], 'Train, or sample from a trained LM.')
+flags.DEFINE_string('prompt', '', 'sample: the text to continue.')
+flags.DEFINE_integer('num_tokens', 200, 'sample: how many tokens to add.')
+flags.DEFINE_float('temperature', 0.8, 'sample: softmax temperature; 0 = most likely token.')
+flags.DEFINE_integer('top_k', 0, 'sample: draw from the k most likely tokens only; 0 = all.')
+flags.DEFINE_string('coordinator_address', '', 'Multi-process: HOST:PORT of process 0.')
+flags.DEFINE_integer('num_processes', 1, 'Multi-process: how many processes.')
+flags.DEFINE_integer('process_id', -1, 'Multi-process: this process, 0 .. num_processes - 1.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -46,10 +58,18 @@ def main(argv):
         config.keys()  # config_flags defers a missing config file's error to first use.
     except OSError as e:
         fail(f'cannot load the config file: {str(e).splitlines()[-1].strip()}')
-    from bigjax import train
+    from bigjax import parallel, sample, train
     from bigjax.errors import UserError
+    FLAGS = flags.FLAGS
     try:
-        train.run(config, flags.FLAGS.workdir)
+        parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                        FLAGS.process_id)
+        if FLAGS.mode == 'sample':
+            print(sample.from_workdir(config, FLAGS.workdir, FLAGS.prompt,
+                                      num_tokens=FLAGS.num_tokens, temperature=FLAGS.temperature,
+                                      top_k=FLAGS.top_k, seed=config.seed))
+        else:
+            train.run(config, FLAGS.workdir)
     except UserError as e:
         fail(str(e))
 

@@ -56,6 +56,25 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.cnn.batch_norm = False
     c.model.cnn.activation = 'relu'  # 'relu' | 'gelu' | 'sigmoid' | 'tanh'
 
+    c.model.transformer = ml_collections.ConfigDict()  # models/transformer.py TransformerConfig
+    c.model.transformer.width = 256
+    c.model.transformer.depth = 4
+    c.model.transformer.num_heads = 4
+    c.model.transformer.num_kv_heads = 0  # 0 = num_heads; fewer = grouped-query attention
+    c.model.transformer.mlp_dim = 1024
+    c.model.transformer.mlp = 'gelu'  # 'gelu' | 'swiglu'
+    c.model.transformer.norm = 'layernorm'  # 'layernorm' | 'rmsnorm'
+    c.model.transformer.positions = 'learned'  # 'learned' | 'rope'
+    c.model.transformer.max_len = 256
+    c.model.transformer.dropout = 0.0
+    c.model.transformer.tied_embeddings = True
+    c.model.transformer.attention = 'einops'  # 'einops' | 'dot_product' (cuDNN on GPU)
+    c.model.transformer.dtype = 'float32'  # compute: 'float32' | 'bfloat16'
+    c.model.transformer.param_dtype = 'float32'  # storage
+    c.model.transformer.remat = False  # recompute block activations in the backward pass
+    c.model.transformer.patch_size = 4  # vit
+    c.model.transformer.pool = 'cls'  # classifier/vit: 'cls' | 'mean'
+
     c.optim = ml_collections.ConfigDict()
     c.optim.name = 'adam'  # 'sgd' | 'momentum' | 'adam' | 'adamw'
     c.optim.learning_rate = 1e-3  # peak learning rate
@@ -81,11 +100,18 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.eval_every = 0  # steps between evals; 0 = once per epoch; the run always ends with one
     c.train.checkpoint_every = 0  # steps between checkpoints; 0 = once per epoch, and at the end
     c.train.keep_checkpoints = 3
+    c.train.microbatches = 1  # gradient accumulation: the batch is split into this many steps
+    c.train.peak_flops = 0.0  # FLOP/s of all devices for MFU; 0 = chip table, or measured on CPU
+    c.train.profile_start_step = 0  # > 0: jax.profiler trace of profile_steps steps from here
+    c.train.profile_steps = 5
 
     c.mesh = ml_collections.ConfigDict()  # device mesh axis sizes; -1 = all remaining devices
     c.mesh.data = -1
     c.mesh.fsdp = 1
     c.mesh.tensor = 1
+    # Logical axis -> mesh axes (a name, a tuple of names, or None = replicated).
+    c.sharding_rules = (('batch', ('data', 'fsdp')), ('embed', 'fsdp'), ('heads', 'tensor'),
+                        ('mlp', 'tensor'), ('vocab', 'tensor'), ('kv', None), ('length', None))
     return c
 
 

@@ -6,15 +6,21 @@ import numpy as np
 import optax
 
 
-def classification_sums(logits_BC: jax.Array, labels_B: jax.Array,
-                        mask_B: jax.Array | None = None) -> dict[str, jax.Array]:
-    """Summed cross-entropy, correct predictions and example count over the real rows."""
-    weight_B = jnp.ones(labels_B.shape, jnp.float32) if mask_B is None else mask_B.astype(jnp.float32)
-    loss_B = optax.softmax_cross_entropy_with_integer_labels(logits_BC.astype(jnp.float32), labels_B)
-    correct_B = (jnp.argmax(logits_BC, -1) == labels_B).astype(jnp.float32)
-    return {'loss_sum': jnp.sum(loss_B * weight_B),
-            'correct': jnp.sum(correct_B * weight_B),
-            'count': jnp.sum(weight_B)}
+def classification_sums(logits_NC: jax.Array, labels_N: jax.Array,
+                        weights_N: jax.Array | None = None) -> dict[str, jax.Array]:
+    """Summed cross-entropy, correct predictions and count over weighted predictions.
+
+    Any leading shape N works: (B,) for classifiers, (B, T) for next-token prediction. A zero
+    weight (padding) leaves a prediction out.
+    """
+    weights_N = (jnp.ones(labels_N.shape, jnp.float32) if weights_N is None
+                 else jnp.broadcast_to(weights_N, labels_N.shape).astype(jnp.float32))
+    loss_N = optax.softmax_cross_entropy_with_integer_labels(logits_NC.astype(jnp.float32),
+                                                             labels_N)
+    correct_N = (jnp.argmax(logits_NC, -1) == labels_N).astype(jnp.float32)
+    return {'loss_sum': jnp.sum(loss_N * weights_N),
+            'correct': jnp.sum(correct_N * weights_N),
+            'count': jnp.sum(weights_N)}
 
 
 def zero_sums() -> dict[str, jax.Array]:
@@ -26,8 +32,12 @@ def add(a: dict, b: dict) -> dict:
     return jax.tree.map(jnp.add, a, b)
 
 
-def summarize(sums: dict) -> dict[str, float]:
-    """Host values from fetched sums: mean loss and accuracy."""
+def summarize(sums: dict, kind: str = 'image') -> dict[str, float]:
+    """Host values from fetched sums: mean loss and accuracy (per token for LMs, with
+    perplexity)."""
     sums = jax.device_get(sums)
     count = float(np.maximum(sums['count'], 1))
-    return {'loss': float(sums['loss_sum']) / count, 'accuracy': float(sums['correct']) / count}
+    values = {'loss': float(sums['loss_sum']) / count, 'accuracy': float(sums['correct']) / count}
+    if kind == 'text_lm':
+        values['perplexity'] = float(np.exp(min(values['loss'], 80.0)))
+    return values

@@ -1,11 +1,15 @@
-"""The device mesh from config, shardings, and global-batch assembly from per-process data.
+"""Devices: multi-host start-up, the mesh from config, shardings, global-batch assembly.
 
 One code path for every device count: a single device is a mesh of size 1. The batch is split
-over the ('data', 'fsdp') axes; parameters are replicated for now.
+over the ('data', 'fsdp') axes; parameters follow `config.sharding_rules`, which map the logical
+axis names models give them ('embed', 'heads', 'mlp', 'vocab', ...) onto mesh axes.
 """
 
+import collections
 import math
+import os
 
+import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -34,6 +38,28 @@ def make_mesh(mesh_config, devices=None) -> Mesh:
     return Mesh(np.asarray(devices).reshape(sizes), AXES)
 
 
+def sharding_rules(config) -> tuple:
+    """config.sharding_rules as flax expects them: ((logical, mesh axes or None), ...)."""
+    rules = []
+    for rule in config.sharding_rules:
+        if len(rule) != 2:
+            raise UserError(f'sharding rule {rule!r} must be (logical axis, mesh axes)')
+        logical, axes = rule
+        axes = tuple(axes) if isinstance(axes, (list, tuple)) else axes
+        for axis in (axes if isinstance(axes, tuple) else (axes,)):
+            if axis is not None and axis not in AXES:
+                raise UserError(f'sharding rule {rule!r} names mesh axis {axis!r}, not one of '
+                                f'{AXES}')
+        rules.append((logical, axes))
+    return tuple(rules)
+
+
+def state_shardings(abstract_state, mesh: Mesh, rules: tuple):
+    """Shardings for a state traced with logical-axis boxes (see steps.init_state): boxed arrays
+    are laid out as the rules say, everything else is replicated. Same tree as nn.unbox(state)."""
+    return nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract_state), mesh, rules)
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
@@ -47,13 +73,15 @@ def batch_shards(mesh: Mesh) -> int:
     return math.prod(mesh.shape[axis] for axis in BATCH_AXES)
 
 
-def check_batch_size(name: str, batch_size: int, mesh: Mesh) -> None:
-    """Raises UserError unless `batch_size` splits evenly over processes and batch shards."""
-    shards = batch_shards(mesh)
+def check_batch_size(name: str, batch_size: int, mesh: Mesh, microbatches: int = 1) -> None:
+    """Raises UserError unless `batch_size` splits evenly over processes, batch shards and
+    microbatches (each microbatch must still split over the batch shards)."""
+    shards = batch_shards(mesh) * microbatches
     if batch_size <= 0 or batch_size % shards or batch_size % jax.process_count():
+        micro = f' x {microbatches} microbatches' if microbatches > 1 else ''
         raise UserError(
-            f'{name}={batch_size} must be a positive multiple of the {shards} batch shards '
-            f"(mesh data x fsdp) and of the {jax.process_count()} processes: try "
+            f'{name}={batch_size} must be a positive multiple of the {batch_shards(mesh)} batch '
+            f'shards (mesh data x fsdp){micro} and of the {jax.process_count()} processes: try '
             f'{max(shards, batch_size // shards * shards)}')
 
 
@@ -62,3 +90,36 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
     sharding = batch_sharding(mesh)
     return {name: jax.make_array_from_process_local_data(sharding, array)
             for name, array in local_batch.items()}
+
+
+class DispatchLimit:
+    """Keeps at most `limit` steps in flight: adding a step's output waits for the one `limit`
+    steps back. The host still runs ahead of the devices, but XLA:CPU cannot deadlock: with many
+    queued multi-device programs that hold collectives it can (seen with jax 0.10.2, even on 2
+    host devices), and two in flight costs nothing on any backend."""
+
+    def __init__(self, limit: int = 2):
+        self.limit, self.outputs = limit, collections.deque()
+
+    def add(self, output) -> None:
+        self.outputs.append(output)
+        if len(self.outputs) > self.limit:
+            jax.block_until_ready(self.outputs.popleft())
+
+
+def initialize_distributed(coordinator_address: str = '', num_processes: int = 0,
+                           process_id: int = -1) -> None:
+    """Joins a multi-process run before any device is touched.
+
+    With `num_processes` > 1 the coordinator, count and id are given (GPU clusters, or several
+    processes on one CPU machine); on a multi-host Cloud TPU slice they are auto-detected. A
+    single process does nothing.
+    """
+    if num_processes > 1:
+        if not coordinator_address or not 0 <= process_id < num_processes:
+            raise UserError('a multi-process run needs --coordinator_address=HOST:PORT and '
+                            f'--process_id in [0, {num_processes})')
+        jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # CPU devices only
+        jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    elif ',' in os.environ.get('TPU_WORKER_HOSTNAMES', ''):
+        jax.distributed.initialize()

@@ -1,19 +1,20 @@
 """Pure training and evaluation steps: arrays in, arrays out, no I/O and no globals.
 
-`prepare(batch, rng, train)` turns a raw batch into the model's input on device
-(normalisation today; augmentation plugs in here), so the host only ships uint8 pixels.
+The task (bigjax/tasks.py) turns a raw batch into the model's input on device and the model's
+output into metric sums. Models are traced under the logical sharding rules, so their
+activation constraints map onto the mesh.
 """
 
-from typing import Any, Callable
+from typing import Any
 
 import flax
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import optax
 
 from bigjax import metrics
-
-Prepare = Callable[[dict, jax.Array, bool], jax.Array]
+from bigjax.tasks import Task
 
 
 @flax.struct.dataclass
@@ -27,17 +28,20 @@ class TrainState:
     rng: jax.Array  # base PRNG key (uint32[2]); step s uses fold_in(rng, s)
 
 
-def init_state(rng: jax.Array, model: nn.Module, tx: optax.GradientTransformation,
-               sample_input: jax.Array) -> TrainState:
+def init_state(rng: jax.Array, *, model: nn.Module, tx: optax.GradientTransformation,
+               sample_input: jax.Array, rules=()) -> TrainState:
+    """A fresh state whose parameters (and their optimizer state) keep their logical-axis boxes:
+    nn.get_partition_spec reads the boxes; nn.unbox drops them."""
     params_rng, state_rng = jax.random.split(rng)
-    variables = dict(model.init({'params': params_rng}, sample_input, train=False))
+    with nn.logical_axis_rules(rules):
+        variables = dict(model.init({'params': params_rng}, sample_input, train=False))
     params = variables.pop('params')
-    return TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
-                      model_state=variables, opt_state=tx.init(params), rng=state_rng)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
+                      opt_state=tx.init(params), rng=state_rng)
 
 
 def _apply(model, state, params, inputs, *, train: bool, rng=None):
-    """Logits and updated model_state, whether or not the model has mutable collections."""
+    """Model output and updated model_state, whether or not the model has mutable collections."""
     variables = {'params': params, **state.model_state}
     rngs = {'dropout': rng} if train else {}
     if train and state.model_state:
@@ -46,27 +50,54 @@ def _apply(model, state, params, inputs, *, train: bool, rng=None):
     return model.apply(variables, inputs, train=train, rngs=rngs), state.model_state
 
 
+def split_microbatches(batch: dict, count: int) -> dict:
+    """(B, ...) -> (count, B // count, ...); microbatch i holds rows i, i + count, ... so each
+    device keeps an equal share of every microbatch."""
+    return jax.tree.map(lambda x: jnp.swapaxes(x.reshape(-1, count, *x.shape[1:]), 0, 1), batch)
+
+
 def train_step(state: TrainState, batch: dict, *, model: nn.Module,
-               tx: optax.GradientTransformation, prepare: Prepare) -> tuple[TrainState, dict]:
-    """One optimizer step on a classification batch; returns the new state and metric sums."""
+               tx: optax.GradientTransformation, task: Task, rules=(),
+               microbatches: int = 1) -> tuple[TrainState, dict]:
+    """One optimizer step; gradients of `microbatches` slices of the batch are accumulated
+    first, which equals one step on the whole batch. Returns the new state and metric sums."""
     rng = jax.random.fold_in(state.rng, state.step)
-    prepare_rng, dropout_rng = jax.random.split(rng)
-    inputs = prepare(batch, prepare_rng, True)
 
-    def loss_fn(params):
-        logits, model_state = _apply(model, state, params, inputs, train=True, rng=dropout_rng)
-        sums = metrics.classification_sums(logits, batch['label'])
-        return sums['loss_sum'] / sums['count'], (sums, model_state)
+    def summed_loss(params, model_state, micro_batch, micro_rng):
+        prepare_rng, dropout_rng = jax.random.split(micro_rng)
+        inputs = task.inputs(micro_batch, prepare_rng, True)
+        with nn.logical_axis_rules(rules):
+            outputs, model_state = _apply(model, state.replace(model_state=model_state), params,
+                                          inputs, train=True, rng=dropout_rng)
+        sums = task.sums(outputs, micro_batch)
+        return sums['loss_sum'], (sums, model_state)
 
-    (_, (sums, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_fn = jax.grad(summed_loss, has_aux=True)
+    if microbatches == 1:
+        grads, (sums, model_state) = grad_fn(state.params, state.model_state, batch, rng)
+    else:
+        def accumulate(carry, xs):
+            grads, sums, model_state = carry
+            index, micro_batch = xs
+            micro_grads, (micro_sums, model_state) = grad_fn(
+                state.params, model_state, micro_batch, jax.random.fold_in(rng, index))
+            return (jax.tree.map(jnp.add, grads, micro_grads), metrics.add(sums, micro_sums),
+                    model_state), None
+
+        zero_grads = jax.tree.map(jnp.zeros_like, state.params)
+        (grads, sums, model_state), _ = jax.lax.scan(
+            accumulate, (zero_grads, metrics.zero_sums(), state.model_state),
+            (jnp.arange(microbatches), split_microbatches(batch, microbatches)))
+    grads = jax.tree.map(lambda g: g / jnp.maximum(sums['count'], 1.0), grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                               model_state=model_state, opt_state=opt_state)
     return new_state, sums
 
 
-def eval_step(state: TrainState, batch: dict, *, model: nn.Module, prepare: Prepare) -> dict:
+def eval_step(state: TrainState, batch: dict, *, model: nn.Module, task: Task, rules=()) -> dict:
     """Metric sums over the rows of `batch` whose `mask` is set."""
-    inputs = prepare(batch, state.rng, False)
-    logits, _ = _apply(model, state, state.params, inputs, train=False)
-    return metrics.classification_sums(logits, batch['label'], batch['mask'])
+    inputs = task.inputs(batch, state.rng, False)
+    with nn.logical_axis_rules(rules):
+        outputs, _ = _apply(model, state, state.params, inputs, train=False)
+    return task.sums(outputs, batch)

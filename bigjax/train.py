@@ -10,13 +10,14 @@ import functools
 import json
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from etils import epath
 
 from bigjax import config as config_lib
 from bigjax import data as data_lib
-from bigjax import metrics, models, optim, parallel, steps, writers
+from bigjax import metrics, models, optim, parallel, perf, steps, tasks, writers
 from bigjax import workdir as workdir_lib
 from bigjax.checkpoint import Checkpointer
 from bigjax.data import augment
@@ -54,17 +55,21 @@ def make_schedule(train_config, num_train_examples: int) -> Schedule:
 
 @dataclasses.dataclass(frozen=True)
 class _Plan:
-    """Everything decided about a run before anything is written."""
+    """Everything decided about a run before anything is written or compiled."""
 
     config: Any
     workdir: epath.Path
     mesh: jax.sharding.Mesh
+    rules: tuple  # logical axis -> mesh axes
     dataset: data_lib.Dataset
     schedule: Schedule
     model: Any
     tx: Any
-    init: Any  # rng -> TrainState
-    abstract_state: Any
+    init: Any  # rng -> TrainState with logical-axis boxes (nn.unbox before use)
+    abstract_state: Any  # unboxed shapes and dtypes
+    state_shardings: Any  # same tree as abstract_state
+    flops_per_example: float  # training FLOPs, 0 where there is no formula (the CNN)
+    peak_flops: float  # of all devices; 0 without a FLOPs formula
 
 
 def run(config, workdir, *, stop_at_step: int | None = None) -> dict | None:
@@ -90,11 +95,40 @@ def run(config, workdir, *, stop_at_step: int | None = None) -> dict | None:
         return _train(plan, checkpointer, latest, stop_at_step)
 
 
+def load_state(config, workdir) -> tuple[_Plan, Any, int]:
+    """(plan, train state, step) of the latest checkpoint in `workdir`, laid out on the mesh:
+    for sampling and evaluating a trained model."""
+    plan = _plan(config, workdir)
+    with Checkpointer(plan.workdir, keep=config.train.keep_checkpoints) as checkpointer:
+        step = checkpointer.latest_step()
+        if step is None:
+            raise UserError(f'{plan.workdir} holds no checkpoint: train there first')
+        checkpointer.check_compatible(step, plan.abstract_state)
+        state, _, _ = checkpointer.restore(step, _on_mesh(plan.abstract_state,
+                                                          plan.state_shardings),
+                                           _on_mesh(jax.eval_shape(_empty_window),
+                                                    parallel.replicated(plan.mesh)))
+    return plan, state, step
+
+
+def _on_mesh(abstract_tree, shardings):
+    """Abstract arrays that say where they live: a tree of shardings, or one for every leaf."""
+    if not isinstance(shardings, jax.sharding.Sharding):
+        return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            abstract_tree, shardings)
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=shardings),
+                        abstract_tree)
+
+
 def _plan(config, workdir) -> _Plan:
     """Checks the config, data, model and optimizer, and traces the model (nothing compiled)."""
     config_lib.check(config)
     mesh = parallel.make_mesh(config.mesh)
-    parallel.check_batch_size('train.batch_size', config.train.batch_size, mesh)
+    rules = parallel.sharding_rules(config)
+    microbatches = config.train.microbatches
+    if microbatches < 1:
+        raise UserError(f'train.microbatches={microbatches} must be >= 1')
+    parallel.check_batch_size('train.batch_size', config.train.batch_size, mesh, microbatches)
     parallel.check_batch_size('train.eval_batch_size', _eval_batch_size(config), mesh)
     data_lib.check_normalization(config.data.normalize)
     augment.check(config.data.augment)
@@ -104,40 +138,51 @@ def _plan(config, workdir) -> _Plan:
     if augment.is_enabled(config.data.augment) and dataset.kind != 'image':
         raise UserError(f'data.augment transforms images and {config.data.name!r} is '
                         f'{dataset.kind} data: leave data.augment at its defaults')
-    model = models.build_model(config.model, dataset.kind, dataset.num_classes)
+    model = models.build_model(
+        config.model, dataset.kind, num_classes=dataset.num_classes,
+        vocab_size=dataset.tokenizer.vocab_size if dataset.tokenizer else 0)
     tx = optim.build_optimizer(config.optim, schedule.total_steps)
-    sample_input = jnp.zeros((1, *dataset.image_shape), jnp.float32)
-    init = functools.partial(steps.init_state, model=model, tx=tx, sample_input=sample_input)
-    abstract_state = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
-    return _Plan(config, workdir, mesh, dataset, schedule, model, tx, init, abstract_state)
+    init = functools.partial(steps.init_state, model=model, tx=tx,
+                             sample_input=tasks.sample_input(dataset), rules=rules)
+    boxed_state = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
+    abstract_state = nn.unbox(boxed_state)
+    flops_per_example, peak = 0.0, 0.0
+    if isinstance(model, models.TRANSFORMERS):  # MFU has a formula.
+        length = model.sequence_length(tasks.sample_input(dataset).shape)
+        flops_per_example = length * perf.train_flops_per_token(
+            abstract_state.params, model.cfg, length, causal=model.causal)
+        peak = perf.peak_flops(config.train.peak_flops)
+    return _Plan(config, workdir, mesh, rules, dataset, schedule, model, tx, init,
+                 abstract_state, parallel.state_shardings(boxed_state, mesh, rules),
+                 flops_per_example, peak)
 
 
 def _train(plan: _Plan, checkpointer: Checkpointer, latest: int | None,
            stop_at_step: int | None) -> dict | None:
     """Init or restore, then steps with logging, eval and checkpoints; returns the final eval."""
     config, mesh, schedule = plan.config, plan.mesh, plan.schedule
-    train_arrays = plan.dataset.train.arrays
-    stats = data_lib.normalization_stats(train_arrays['image'], plan.dataset.pixel_max,
-                                         config.data.normalize)
-    prepare = functools.partial(data_lib.image_inputs, stats=stats,
-                                augment_config=config.data.augment)
-    train_iter = data_lib.ArrayTrainIterator(train_arrays, config.train.batch_size, config.seed,
-                                             jax.process_index(), jax.process_count())
+    task = tasks.make_task(plan.dataset, config.data)
+    train_iter = data_lib.ArrayTrainIterator(plan.dataset.train.arrays, config.train.batch_size,
+                                             config.seed, jax.process_index(),
+                                             jax.process_count())
     replicated = parallel.replicated(mesh)
     config_json = json.loads(config.to_json_best_effort())
     if latest is None:
-        state_sharding = jax.tree.map(lambda _: replicated, plan.abstract_state)
-        state = jax.jit(plan.init, out_shardings=state_sharding)(jax.random.PRNGKey(config.seed))
+        state = jax.jit(lambda rng: nn.unbox(plan.init(rng)),
+                        out_shardings=plan.state_shardings)(jax.random.PRNGKey(config.seed))
         window = jax.device_put(_empty_window(), replicated)
     else:
-        state, window = _restore(plan, checkpointer, latest, replicated, train_iter, config_json)
-        state_sharding = jax.tree.map(lambda a: a.sharding, state)
+        state, window = _restore(plan, checkpointer, latest, train_iter, config_json)
     train_fn = jax.jit(
-        functools.partial(_train_and_accumulate, model=plan.model, tx=plan.tx, prepare=prepare),
-        donate_argnums=(0, 1), out_shardings=(state_sharding, replicated))
-    eval_fn = jax.jit(functools.partial(_eval_and_accumulate, model=plan.model, prepare=prepare),
-                      donate_argnums=(0,), out_shardings=replicated)
+        functools.partial(_train_and_accumulate, model=plan.model, tx=plan.tx, task=task,
+                          rules=plan.rules, microbatches=config.train.microbatches),
+        donate_argnums=(0, 1), out_shardings=(plan.state_shardings, replicated, replicated))
+    eval_fn = jax.jit(functools.partial(_eval_and_accumulate, model=plan.model, task=task,
+                                        rules=plan.rules), out_shardings=replicated)
     learning_rate = jax.jit(optim.learning_rate_schedule(config.optim, schedule.total_steps))
+    evaluate = functools.partial(_evaluate, eval_fn=eval_fn, arrays=plan.dataset.eval.arrays,
+                                 batch_size=_eval_batch_size(config), mesh=mesh,
+                                 kind=plan.dataset.kind)
 
     start_step = latest or 0
     is_main = jax.process_index() == 0
@@ -146,13 +191,19 @@ def _train(plan: _Plan, checkpointer: Checkpointer, latest: int | None,
     writer = writers.MetricWriter(plan.workdir, enabled=is_main, start_step=start_step)
     progress = writers.Progress(start_step, schedule.total_steps, enabled=is_main)
     throughput = writers.Throughput(start_step)
+    profiler = _Profiler(plan.workdir / 'profile', config.train.profile_start_step,
+                         config.train.profile_steps)
     final_eval = None
+    in_flight = parallel.DispatchLimit()
     batches = data_lib.prefetch(train_iter, config.data.prefetch,
                                 functools.partial(parallel.global_batch, mesh=mesh))
     try:
         for step in range(start_step + 1, schedule.total_steps + 1):
+            profiler.before(step)
             batch, data_state = next(batches)
-            state, window = train_fn(state, window, batch)
+            state, window, done = train_fn(state, window, batch)
+            in_flight.add(done)
+            profiler.after(step, state)
             if step == start_step + 1:
                 jax.block_until_ready(state)
                 log.info('First step (compilation included) took %.1fs',
@@ -165,15 +216,16 @@ def _train(plan: _Plan, checkpointer: Checkpointer, latest: int | None,
                 _stop_if_nonfinite(window, checkpointer)
             with throughput.paused():
                 if log_now:
-                    values = metrics.summarize(window['sums'])
+                    values = metrics.summarize(window['sums'], plan.dataset.kind)
                     values['learning_rate'] = float(learning_rate(step - 1))
-                    values.update(throughput.rates(step, config.train.batch_size))
+                    values.update(throughput.rates(
+                        step, config.train.batch_size, tasks.tokens_per_example(plan.dataset),
+                        plan.flops_per_example, plan.peak_flops))
                     writer.write(step, 'train', values)
                     progress.report(step, 'train', values)
                     window = jax.device_put(_empty_window(), replicated)
                 if step % schedule.eval_every == 0 or last:
-                    final_eval = _evaluate(state, eval_fn, plan.dataset.eval.arrays,
-                                           _eval_batch_size(config), mesh)
+                    final_eval = evaluate(state)
                     writer.write(step, 'eval', final_eval)
                     progress.report(step, 'eval', final_eval)
                 if checkpoint:
@@ -184,20 +236,45 @@ def _train(plan: _Plan, checkpointer: Checkpointer, latest: int | None,
                 return None
     finally:
         batches.close()
+        profiler.close()
         progress.close()
         writer.close()
     log.info('Final eval at step %d: %s', schedule.total_steps, writers.format_values(final_eval))
     return final_eval
 
 
-def _restore(plan: _Plan, checkpointer, step: int, replicated, train_iter, config_json):
+class _Profiler:
+    """A jax.profiler trace of steps [start, start + count) into <workdir>/profile."""
+
+    def __init__(self, directory: epath.Path, start: int, count: int):
+        self.directory, self.start, self.stop = directory, start, start + count
+        self.active = False
+
+    def before(self, step: int) -> None:
+        if self.start > 0 and step == self.start:
+            jax.profiler.start_trace(str(self.directory))
+            self.active = True
+
+    def after(self, step: int, state) -> None:
+        if self.active and step == self.stop - 1:
+            jax.block_until_ready(state)
+            self.close()
+            log.info('Profiled steps %d-%d into %s', self.start, step, self.directory)
+
+    def close(self) -> None:
+        if self.active:
+            jax.profiler.stop_trace()
+            self.active = False
+
+
+def _restore(plan: _Plan, checkpointer, step: int, train_iter, config_json):
     """(state, metric window) from the checkpoint at `step`, laid out on the mesh."""
     changed = _changed_keys(checkpointer.saved_config(step), config_json)
     if changed:
         log.warning('Resuming with a changed config: %s', '; '.join(changed))
     state, window, data_state = checkpointer.restore(
-        step, _with_sharding(plan.abstract_state, replicated),
-        _with_sharding(jax.eval_shape(_empty_window), replicated))
+        step, _on_mesh(plan.abstract_state, plan.state_shardings),
+        _on_mesh(jax.eval_shape(_empty_window), parallel.replicated(plan.mesh)))
     train_iter.restore(data_state)
     log.info('Resumed from the checkpoint at step %d in %s', step, checkpointer.directory)
     return state, window
@@ -223,24 +300,27 @@ def _empty_window() -> dict:
     return {'sums': metrics.zero_sums(), 'nonfinite_step': jnp.full((), -1, jnp.int32)}
 
 
-def _train_and_accumulate(state, window, batch, *, model, tx, prepare):
+def _train_and_accumulate(state, window, batch, **step_kwargs):
+    """The step, its sums added to the window, and a scalar to wait on (not donated)."""
     step = state.step + 1
-    state, sums = steps.train_step(state, batch, model=model, tx=tx, prepare=prepare)
+    state, sums = steps.train_step(state, batch, **step_kwargs)
     first_bad = (window['nonfinite_step'] < 0) & ~jnp.isfinite(sums['loss_sum'])
     return state, {'sums': metrics.add(window['sums'], sums),
-                   'nonfinite_step': jnp.where(first_bad, step, window['nonfinite_step'])}
+                   'nonfinite_step': jnp.where(first_bad, step, window['nonfinite_step'])}, step
 
 
-def _eval_and_accumulate(sums, state, batch, *, model, prepare):
-    return metrics.add(sums, steps.eval_step(state, batch, model=model, prepare=prepare))
+def _eval_and_accumulate(sums, state, batch, **step_kwargs):
+    return metrics.add(sums, steps.eval_step(state, batch, **step_kwargs))
 
 
-def _evaluate(state, eval_fn, arrays, batch_size: int, mesh) -> dict:
+def _evaluate(state, *, eval_fn, arrays, batch_size: int, mesh, kind: str) -> dict:
     sums = jax.device_put(metrics.zero_sums(), parallel.replicated(mesh))
+    in_flight = parallel.DispatchLimit()
     for local_batch in data_lib.eval_batches(arrays, batch_size, jax.process_index(),
                                              jax.process_count()):
         sums = eval_fn(sums, state, parallel.global_batch(local_batch, mesh))
-    return metrics.summarize(sums)
+        in_flight.add(sums)
+    return metrics.summarize(sums, kind)
 
 
 def _stop_if_nonfinite(window: dict, checkpointer: Checkpointer) -> None:
@@ -264,7 +344,3 @@ def _already_finished(workdir: epath.Path, step: int) -> dict | None:
              f' (final eval: {writers.format_values(final)})' if final else '')
     return final
 
-
-def _with_sharding(abstract_tree, sharding):
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
-                        abstract_tree)

@@ -110,14 +110,21 @@ class Throughput:
         yield
         self.paused_seconds += time.monotonic() - began
 
-    def rates(self, step: int, batch_size: int) -> dict:
-        """steps/s and examples/s since the window began; a window holding only the first step
-        is measured with its compilation (there is nothing else to measure)."""
+    def rates(self, step: int, batch_size: int, tokens_per_example: int = 0,
+              flops_per_example: float = 0.0, peak_flops: float = 0.0) -> dict:
+        """steps/s and examples/s since the window began (tokens/s for token data, MFU where
+        there is a FLOPs formula); a window holding only the first step is measured with its
+        compilation, since there is nothing else to measure."""
         steps, seconds = step - self.first_step, time.monotonic() - self.start - self.paused_seconds
         if steps <= 0:
             steps, seconds = 1, self.first_step_seconds
         steps_per_sec = steps / max(seconds, 1e-9)
-        return {'steps_per_sec': steps_per_sec, 'examples_per_sec': steps_per_sec * batch_size}
+        rates = {'steps_per_sec': steps_per_sec, 'examples_per_sec': steps_per_sec * batch_size}
+        if tokens_per_example:
+            rates['tokens_per_sec'] = rates['examples_per_sec'] * tokens_per_example
+        if flops_per_example and peak_flops:
+            rates['mfu'] = rates['examples_per_sec'] * flops_per_example / peak_flops
+        return rates
 
 
 class Progress:

@@ -4,12 +4,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import flax.linen as nn
 from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import PartitionSpec as P
 
-from bigjax import optim, parallel, steps
+from bigjax import optim, parallel, steps, tasks
 from bigjax.config import default_config
 from bigjax.errors import UserError
-from bigjax.models.cnn import SimpleCNN
+from bigjax.models.transformer import TransformerConfig, TransformerLM
 
 
 def mesh_config(**sizes):
@@ -54,28 +56,76 @@ def test_global_batch_is_sharded_over_the_batch_axes():
     assert {s.data.shape for s in batch['image'].addressable_shards} == {(2, 4, 4, 1)}
 
 
-def test_same_losses_on_one_device_and_on_an_eight_device_mesh():
-    model = SimpleCNN(features=(4, 8), hidden=16, padding='SAME', batch_norm=True, dropout=0.3)
+def lm_setup(mesh, microbatches=1, **cfg_overrides):
+    """A small LM's state born on `mesh` and its jitted train step."""
+    cfg = TransformerConfig(**{**dict(width=32, depth=2, num_heads=4, num_kv_heads=2,
+                                      mlp_dim=64, max_len=16), **cfg_overrides})
+    model = TransformerLM(cfg, vocab_size=64)
     tx = optim.build_optimizer(default_config().optim, 10)
+    rules = parallel.sharding_rules(default_config())
+    task = tasks.Task('text_lm', tasks._lm_inputs, tasks._lm_sums)
+    init = functools.partial(steps.init_state, model=model, tx=tx,
+                             sample_input=jnp.zeros((1, 16), jnp.int32), rules=rules)
+    shardings = parallel.state_shardings(jax.eval_shape(init, jax.random.PRNGKey(0)), mesh, rules)
+    state = jax.jit(lambda rng: nn.unbox(init(rng)), out_shardings=shardings)(
+        jax.random.PRNGKey(0))
+    step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, task=task,
+                                     rules=rules, microbatches=microbatches),
+                   out_shardings=(shardings, parallel.replicated(mesh)))
+    return state, step
+
+
+def lm_batches(count=4, batch=16):
     rng = np.random.default_rng(0)
-    batches = [{'image': rng.normal(size=(16, 8, 8, 1)).astype(np.float32),
-                'label': rng.integers(0, 10, 16).astype(np.int32)} for _ in range(4)]
-    prepare = lambda batch, rng, train: batch['image']
-    step = functools.partial(steps.train_step, model=model, tx=tx, prepare=prepare)
+    return [{'tokens': rng.integers(2, 64, (batch, 17)).astype(np.int32)} for _ in range(count)]
 
-    def losses(mesh):
-        replicated = parallel.replicated(mesh)
-        state = jax.jit(functools.partial(steps.init_state, model=model, tx=tx,
-                                          sample_input=jnp.zeros((1, 8, 8, 1))),
-                        out_shardings=replicated)(jax.random.PRNGKey(0))
-        step_fn = jax.jit(step, out_shardings=replicated)
-        out = []
-        for batch in batches:
-            state, sums = step_fn(state, parallel.global_batch(batch, mesh))
-            out.append(float(sums['loss_sum'] / sums['count']))
-        return out
 
-    one = losses(parallel.make_mesh(mesh_config(), devices=jax.devices()[:1]))
-    eight = losses(parallel.make_mesh(mesh_config(data=2, fsdp=4)))
-    np.testing.assert_allclose(one, eight, rtol=1e-5)
+def losses(mesh, **setup_kwargs):
+    state, step = lm_setup(mesh, **setup_kwargs)
+    out = []
+    for batch in lm_batches():
+        state, sums = step(state, parallel.global_batch(batch, mesh))
+        out.append(float(sums['loss_sum'] / sums['count']))
+    return out, state
+
+
+MESHES = {'data=8': {'data': 8}, 'fsdp=4 x tensor=2': {'data': 1, 'fsdp': 4, 'tensor': 2},
+          'data=2 x fsdp=2 x tensor=2': {'data': 2, 'fsdp': 2, 'tensor': 2}}
+
+
+def test_same_losses_on_one_device_and_on_every_mesh():
+    one, _ = losses(parallel.make_mesh(mesh_config(), devices=jax.devices()[:1]))
     assert one[-1] < one[0]
+    for name, sizes in MESHES.items():
+        np.testing.assert_allclose(losses(parallel.make_mesh(mesh_config(**sizes)))[0], one,
+                                   rtol=1e-5, err_msg=name)
+
+
+def test_parameters_are_sharded_as_the_rules_say():
+    state, _ = lm_setup(parallel.make_mesh(mesh_config(data=1, fsdp=4, tensor=2)))
+    block = state.params['encoder']['block0']
+    assert block['attention']['query']['kernel'].sharding.spec == P('fsdp', 'tensor', None)
+    assert block['attention']['out']['kernel'].sharding.spec == P('tensor', None, 'fsdp')
+    assert block['mlp']['up']['kernel'].sharding.spec == P('fsdp', 'tensor')
+    assert block['mlp']['down']['kernel'].sharding.spec == P('tensor', 'fsdp')
+    assert state.params['token_embedding']['embedding'].sharding.spec == P('tensor', 'fsdp')
+    up_shape = block['mlp']['up']['kernel'].shape  # Adam's moments follow their parameter.
+    moments = [x for x in jax.tree.leaves(state.opt_state) if x.shape == up_shape]
+    assert len(moments) == 2 * 2 and all(m.sharding.spec == P('fsdp', 'tensor') for m in moments)
+    shard = block['mlp']['up']['kernel'].addressable_shards[0].data
+    assert shard.shape == (32 // 4, 64 // 2)
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+    mesh = parallel.make_mesh(mesh_config())
+    whole, whole_state = losses(mesh)
+    accumulated, accumulated_state = losses(mesh, microbatches=2)
+    np.testing.assert_allclose(accumulated, whole, rtol=1e-5)
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-6),
+                 accumulated_state.params, whole_state.params)
+
+
+def test_microbatches_that_do_not_split_over_the_mesh_are_a_clear_error():
+    mesh = parallel.make_mesh(mesh_config())
+    with pytest.raises(UserError, match=r'8 batch shards \(mesh data x fsdp\) x 4 microbatches'):
+        parallel.check_batch_size('train.batch_size', 16, mesh, microbatches=4)

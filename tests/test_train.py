@@ -7,6 +7,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from bigjax import train, writers
+from bigjax.data.sources import LOCAL_BUILDERS
 from bigjax.errors import UserError
 from conftest import CONFIGS, load_config
 
@@ -32,7 +33,7 @@ def digits_smoke(**train_overrides):
 @pytest.mark.parametrize('name', CONFIGS)
 def test_every_config_smoke_runs_end_to_end(name, tmp_path):
     config = load_config(name, 'smoke')
-    if config.data.name == 'sklearn_digits':
+    if config.data.name in LOCAL_BUILDERS:
         result = train.run(config, tmp_path)
     else:
         with tfds.testing.mock_data(num_examples=48):

@@ -160,7 +160,7 @@ def _num_classes(features, label_feature: str) -> int:
     feature = features[label_feature]
     if hasattr(feature, 'num_classes'):
         return feature.num_classes
-    if np.dtype(feature.dtype) == np.bool_:
+    if np.dtype(feature.np_dtype) == np.bool_:
         return 2
     raise UserError(f'feature {label_feature!r} is neither a ClassLabel nor a bool: it cannot '
                     'be a classification label')

@@ -9,7 +9,9 @@ import importlib
 import os
 import socket
 
+import jax
 from etils import epath
+from jax.experimental import multihost_utils
 
 from bigjax.errors import UserError
 
@@ -54,7 +56,13 @@ def open_split(builder, split: str, data_config) -> TfdsSplit:
             return TfdsSplit(name, split, source, builder.info.features, None, {})
         except Exception:  # A real unprepared dataset cannot be read: prepare it below.
             pass
-        _prepare(builder, data_config)
+        if jax.process_index() == 0:  # One process prepares; the others wait, then read.
+            _prepare(builder, data_config)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f'bigjax: {name} prepared')
+            import tensorflow_datasets as tfds
+            dataset, version = name.rsplit('/', 1)
+            builder = tfds.builder(f'{dataset}:{version}', data_dir=builder.data_dir_root)
     if builder.info.file_format is None or builder.info.file_format.value != 'array_record':
         raise UserError(
             f'dataset {name!r} in {builder.data_dir} is stored as {builder.info.file_format}, '
@@ -84,7 +92,7 @@ def read_all(split: TfdsSplit, builder) -> list[dict]:
 
 def corrupted(builder, error: Exception) -> UserError:
     return UserError(f'the prepared dataset in {builder.data_dir} cannot be read '
-                     f'({type(error).__name__}: {str(error)[:120]}): delete that folder and '
+                     f'({type(error).__name__}: {str(error)[:160]}): delete that folder and '
                      'rerun to prepare it again')
 
 

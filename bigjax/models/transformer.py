@@ -1,0 +1,396 @@
+"""Transformers in flax.linen with einops attention: decoder LM, encoder classifier and ViT.
+
+One backbone of pre-norm blocks (LayerNorm or RMSNorm; GELU or SwiGLU MLP; learned or rotary
+positions; multi-head or grouped-query attention) under three heads. Parameters carry logical
+axis names ('embed', 'heads', 'kv', 'mlp', 'vocab') that parallel.py maps onto the device mesh;
+activations are constrained to ('batch', ...) so the batch stays split over data and fsdp.
+
+Shape suffixes: B batch, T query length, S key length, D width, H query heads, G key/value
+heads, R = H // G query heads per key/value head, K head width, F MLP width, V vocabulary.
+"""
+
+import dataclasses
+
+import einops
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bigjax.errors import UserError
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+NORMS = ('layernorm', 'rmsnorm')
+MLPS = ('gelu', 'swiglu')
+POSITIONS = ('learned', 'rope')
+ATTENTIONS = ('einops', 'dot_product')
+POOLS = ('cls', 'mean')
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    """Hyperparameters shared by every layer (hashable, so modules can hold it)."""
+
+    width: int = 256
+    depth: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 0  # 0 = num_heads (multi-head); fewer = grouped-query attention
+    mlp_dim: int = 1024
+    mlp: str = 'gelu'
+    norm: str = 'layernorm'
+    positions: str = 'learned'
+    max_len: int = 256  # longest sequence (tokens, or patches + class token for ViT)
+    dropout: float = 0.0
+    tied_embeddings: bool = True  # LM: the output layer reuses the token embedding
+    attention: str = 'einops'  # 'dot_product': jax.nn.dot_product_attention (cuDNN on GPU)
+    dtype: str = 'float32'  # compute
+    param_dtype: str = 'float32'  # storage
+    remat: bool = False  # recompute each block's activations in the backward pass
+    patch_size: int = 4  # ViT
+    pool: str = 'cls'  # classifier and ViT: the class token, or the mean of the tokens
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.num_heads
+
+    def check(self) -> None:
+        """Raises UserError for inconsistent or unknown options."""
+        for field, known in (('mlp', MLPS), ('norm', NORMS), ('positions', POSITIONS),
+                             ('attention', ATTENTIONS), ('pool', POOLS), ('dtype', DTYPES),
+                             ('param_dtype', DTYPES)):
+            if getattr(self, field) not in known:
+                raise UserError(f'model.transformer.{field}={getattr(self, field)!r} is not one '
+                                f'of {list(known)}')
+        if min(self.width, self.depth, self.num_heads, self.mlp_dim, self.max_len,
+               self.patch_size) < 1 or self.num_kv_heads < 0:
+            raise UserError('model.transformer sizes (width, depth, num_heads, mlp_dim, '
+                            'max_len, patch_size) must be >= 1')
+        if self.width % self.num_heads:
+            raise UserError(f'model.transformer.num_heads={self.num_heads} does not divide '
+                            f'width={self.width}')
+        if self.num_heads % self.kv_heads:
+            raise UserError(f'model.transformer.num_kv_heads={self.num_kv_heads} does not '
+                            f'divide num_heads={self.num_heads}')
+        if self.positions == 'rope' and self.head_dim % 2:
+            raise UserError(f'rotary positions need an even head width, got {self.head_dim}')
+        if not 0 <= self.dropout < 1:
+            raise UserError(f'model.transformer.dropout={self.dropout} must be in [0, 1)')
+
+
+def _init(init_fn, *axes):
+    return nn.with_logical_partitioning(init_fn, axes)
+
+
+def _constrain(x, *axes):
+    return nn.with_logical_constraint(x, axes)
+
+
+def _norm(cfg: TransformerConfig, name: str) -> nn.Module:
+    kwargs = dict(dtype=DTYPES[cfg.dtype], param_dtype=DTYPES[cfg.param_dtype], name=name,
+                  scale_init=_init(nn.initializers.ones, 'embed'))
+    if cfg.norm == 'rmsnorm':
+        return nn.RMSNorm(**kwargs)
+    return nn.LayerNorm(bias_init=_init(nn.initializers.zeros, 'embed'), **kwargs)
+
+
+def rotate(x_BTNK: jax.Array, positions_BT: jax.Array) -> jax.Array:
+    """Rotary position embedding: pairs of channels turned by position-dependent angles."""
+    half = x_BTNK.shape[-1] // 2
+    frequencies = 10_000.0 ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angles_BT1K = (positions_BT[..., None].astype(jnp.float32) * frequencies)[:, :, None, :]
+    sin, cos = jnp.sin(angles_BT1K), jnp.cos(angles_BT1K)
+    first, second = x_BTNK[..., :half].astype(jnp.float32), x_BTNK[..., half:].astype(jnp.float32)
+    return jnp.concatenate([first * cos - second * sin, second * cos + first * sin],
+                           -1).astype(x_BTNK.dtype)
+
+
+def einops_attention(q_BTHK, k_BSGK, v_BSGK, *, causal: bool, query_offset=0,
+                     key_valid_BS=None) -> jax.Array:
+    """Softmax attention written with einops.
+
+    Query t (at position query_offset + t) sees key s when s <= query_offset + t (if causal) and
+    key_valid_BS[b, s] (if given). Causal attention from position 0 is computed in query blocks
+    that skip the keys every query of the block is masked from: up to 37.5 % less work.
+    """
+    length = q_BTHK.shape[1]
+    blocks = 1
+    if causal and key_valid_BS is None and isinstance(query_offset, int) and query_offset == 0:
+        blocks = next(n for n in (4, 2, 1) if length % n == 0 and length // n >= 32 or n == 1)
+    size = length // blocks
+    outs = []
+    for i in range(blocks):
+        keys = (i + 1) * size if blocks > 1 else k_BSGK.shape[1]
+        outs.append(_attend(q_BTHK[:, i * size:(i + 1) * size], k_BSGK[:, :keys],
+                            v_BSGK[:, :keys], query_offset + i * size + jnp.arange(size),
+                            causal, None if key_valid_BS is None else key_valid_BS[:, :keys]))
+    return outs[0] if blocks == 1 else jnp.concatenate(outs, axis=1)
+
+
+def _attend(q_BTHK, k_BSGK, v_BSGK, positions_T, causal: bool, key_valid_BS) -> jax.Array:
+    """One block of queries. The R query heads that share a key/value head are stacked along
+    the query axis, so it is two plain batched matrix products over N = B * G (the layout
+    XLA:CPU runs fastest; grouped-query attention comes for free)."""
+    groups, repeats = k_BSGK.shape[2], q_BTHK.shape[2] // k_BSGK.shape[2]
+    q_NQK = einops.rearrange(q_BTHK, 'b t (g r) k -> (b g) (r t) k', g=groups)
+    k_NSK = einops.rearrange(k_BSGK, 'b s g k -> (b g) s k')
+    v_NSK = einops.rearrange(v_BSGK, 'b s g k -> (b g) s k')
+    scores_NQS = einops.einsum(q_NQK, k_NSK, 'n q k, n s k -> n q s').astype(jnp.float32)
+    scores_NQS = scores_NQS / jnp.sqrt(jnp.float32(q_BTHK.shape[-1]))
+    allowed = jnp.ones((1, 1, 1), bool)
+    if causal:
+        query_pos_Q = einops.repeat(positions_T, 't -> (r t)', r=repeats)
+        allowed = allowed & (query_pos_Q[:, None] >= jnp.arange(k_BSGK.shape[1])[None, :])[None]
+    if key_valid_BS is not None:
+        allowed = allowed & einops.repeat(key_valid_BS, 'b s -> (b g) 1 s', g=groups)
+    scores_NQS = jnp.where(allowed, scores_NQS, jnp.finfo(jnp.float32).min)
+    probs_NQS = jax.nn.softmax(scores_NQS, axis=-1).astype(v_NSK.dtype)
+    out_NQK = einops.einsum(probs_NQS, v_NSK, 'n q s, n s k -> n q k')
+    return einops.rearrange(out_NQK, '(b g) (r t) k -> b t (g r) k', g=groups, r=repeats)
+
+
+def library_attention(q_BTHK, k_BSGK, v_BSGK, *, causal: bool, query_offset=0,
+                      key_valid_BS=None) -> jax.Array:
+    """jax.nn.dot_product_attention (cuDNN flash attention on GPU where it applies); the same
+    masking as einops_attention."""
+    plain_causal = isinstance(query_offset, int) and query_offset == 0 and key_valid_BS is None
+    if causal and plain_causal:
+        return jax.nn.dot_product_attention(q_BTHK, k_BSGK, v_BSGK, is_causal=True)
+    allowed_BTS = jnp.ones((1, 1, 1), bool)
+    if causal:
+        query_pos_T = query_offset + jnp.arange(q_BTHK.shape[1])
+        allowed_BTS = allowed_BTS & (query_pos_T[:, None] >= jnp.arange(k_BSGK.shape[1]))[None]
+    if key_valid_BS is not None:
+        allowed_BTS = allowed_BTS & key_valid_BS[:, None, :]
+    mask = jnp.broadcast_to(allowed_BTS, (q_BTHK.shape[0], q_BTHK.shape[1], k_BSGK.shape[1]))
+    return jax.nn.dot_product_attention(q_BTHK, k_BSGK, v_BSGK, mask=mask[:, None])
+
+
+class Attention(nn.Module):
+    """Projections act on the flattened tokens (N = B * T): 2-D products that XLA:CPU runs
+    faster than their 3-D form."""
+
+    cfg: TransformerConfig
+    causal: bool
+
+    @nn.compact
+    def __call__(self, x_BTD, key_valid_BS, positions_BT, *, decode: bool = False):
+        cfg = self.cfg
+        batch, length, width = x_BTD.shape
+        x_ND = x_BTD.reshape(batch * length, width)
+        project = lambda heads, name: nn.DenseGeneral(
+            (heads, cfg.head_dim), dtype=DTYPES[cfg.dtype], param_dtype=DTYPES[cfg.param_dtype],
+            use_bias=False, name=name,
+            kernel_init=_init(nn.initializers.lecun_normal(), 'embed', 'heads', 'kv'))(
+                x_ND).reshape(batch, length, heads, cfg.head_dim)
+        q_BTHK = _constrain(project(cfg.num_heads, 'query'), 'batch', 'length', 'heads', 'kv')
+        k_BTGK = project(cfg.kv_heads, 'key')
+        v_BTGK = project(cfg.kv_heads, 'value')
+        if cfg.positions == 'rope':
+            q_BTHK, k_BTGK = rotate(q_BTHK, positions_BT), rotate(k_BTGK, positions_BT)
+        query_offset = 0
+        if decode:
+            k_BTGK, v_BTGK, query_offset = self._extend_cache(k_BTGK, v_BTGK)
+        attend = einops_attention if cfg.attention == 'einops' else library_attention
+        out_BTHK = _constrain(attend(q_BTHK, k_BTGK, v_BTGK, causal=self.causal,
+                                     query_offset=query_offset, key_valid_BS=key_valid_BS),
+                              'batch', 'length', 'heads', 'kv')
+        out_ND = nn.DenseGeneral(width, axis=(-2, -1), dtype=DTYPES[cfg.dtype],
+                                 param_dtype=DTYPES[cfg.param_dtype], use_bias=False, name='out',
+                                 kernel_init=_init(nn.initializers.lecun_normal(),
+                                                   'heads', 'kv', 'embed'))(
+            out_BTHK.reshape(batch * length, cfg.num_heads, cfg.head_dim))
+        return out_ND.reshape(batch, length, width)
+
+    def _extend_cache(self, k_BTGK, v_BTGK):
+        """Decoding: appends this call's keys/values to the cache; returns the whole cache and
+        the position of this call's first token (causal masking hides the unwritten rest)."""
+        batch, length, groups, width = k_BTGK.shape
+        shape = (batch, self.cfg.max_len, groups, width)
+        cached_k = self.variable('cache', 'cached_key', jnp.zeros, shape, k_BTGK.dtype)
+        cached_v = self.variable('cache', 'cached_value', jnp.zeros, shape, v_BTGK.dtype)
+        index = self.variable('cache', 'cache_index', lambda: jnp.zeros((), jnp.int32))
+        start = index.value
+        cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k_BTGK, (0, start, 0, 0))
+        cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v_BTGK, (0, start, 0, 0))
+        index.value = start + length
+        return cached_k.value, cached_v.value, start
+
+
+class Mlp(nn.Module):
+    """up (and gate, for SwiGLU) -> activation -> down, on the flattened tokens."""
+
+    cfg: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x_BTD):
+        cfg = self.cfg
+        dense = lambda features, axes, name: nn.Dense(
+            features, dtype=DTYPES[cfg.dtype], param_dtype=DTYPES[cfg.param_dtype], name=name,
+            use_bias=False, kernel_init=_init(nn.initializers.lecun_normal(), *axes))
+        x_ND = x_BTD.reshape(-1, cfg.width)
+        h_NF = dense(cfg.mlp_dim, ('embed', 'mlp'), 'up')(x_ND)
+        if cfg.mlp == 'swiglu':
+            h_NF = nn.silu(dense(cfg.mlp_dim, ('embed', 'mlp'), 'gate')(x_ND)) * h_NF
+        else:
+            h_NF = nn.gelu(h_NF)
+        h_NF = _constrain(h_NF, 'batch', 'mlp')
+        return dense(cfg.width, ('mlp', 'embed'), 'down')(h_NF).reshape(x_BTD.shape)
+
+
+class Block(nn.Module):
+    """x + attention(norm(x)), then x + mlp(norm(x)), with dropout on each branch."""
+
+    cfg: TransformerConfig
+    causal: bool
+
+    @nn.compact
+    def __call__(self, x_BTD, key_valid_BS, positions_BT, train: bool, decode: bool = False):
+        drop = nn.Dropout(self.cfg.dropout, deterministic=not train)
+        y_BTD = Attention(self.cfg, self.causal, name='attention')(
+            _norm(self.cfg, 'attention_norm')(x_BTD), key_valid_BS, positions_BT, decode=decode)
+        x_BTD = x_BTD + drop(y_BTD)
+        x_BTD = x_BTD + drop(Mlp(self.cfg, name='mlp')(_norm(self.cfg, 'mlp_norm')(x_BTD)))
+        return _constrain(x_BTD, 'batch', 'length', None)
+
+
+class Encoder(nn.Module):
+    """Positions (learned, added here; or rotary, inside attention), blocks, final norm."""
+
+    cfg: TransformerConfig
+    causal: bool
+
+    @nn.compact
+    def __call__(self, x_BTD, key_valid_BS, positions_BT, train: bool, decode: bool = False):
+        cfg = self.cfg
+        if cfg.positions == 'learned':
+            table_LD = self.param('position_embedding', _init(nn.initializers.normal(0.02),
+                                                              None, 'embed'),
+                                  (cfg.max_len, cfg.width), DTYPES[cfg.param_dtype])
+            x_BTD = x_BTD + jnp.take(table_LD, positions_BT, axis=0).astype(x_BTD.dtype)
+        x_BTD = nn.Dropout(cfg.dropout, deterministic=not train)(x_BTD)
+        block = nn.remat(Block, static_argnums=(4, 5)) if cfg.remat else Block
+        for i in range(cfg.depth):
+            x_BTD = block(cfg, self.causal, name=f'block{i}')(x_BTD, key_valid_BS, positions_BT,
+                                                              train, decode)
+        return _norm(cfg, 'final_norm')(x_BTD)
+
+
+class TransformerLM(nn.Module):
+    """Decoder-only LM: tokens (B, T) -> next-token logits (B, T, V), float32.
+
+    With `decode=True` the call appends to a key/value cache ('cache' collection) and `positions`
+    say where the tokens are; see bigjax/sample.py.
+    """
+
+    cfg: TransformerConfig
+    vocab_size: int
+    causal = True
+
+    def sequence_length(self, input_shape) -> int:
+        return input_shape[1]
+
+    @nn.compact
+    def __call__(self, tokens_BT, *, train: bool, decode: bool = False, positions_BT=None):
+        cfg = self.cfg
+        if positions_BT is None:
+            positions_BT = jnp.broadcast_to(jnp.arange(tokens_BT.shape[1]), tokens_BT.shape)
+        embed = nn.Embed(self.vocab_size, cfg.width, dtype=DTYPES[cfg.dtype],
+                         param_dtype=DTYPES[cfg.param_dtype], name='token_embedding',
+                         embedding_init=_init(nn.initializers.normal(0.02), 'vocab', 'embed'))
+        x_BTD = _constrain(embed(tokens_BT), 'batch', 'length', None)
+        x_BTD = Encoder(cfg, causal=True, name='encoder')(x_BTD, None, positions_BT, train, decode)
+        x_ND = x_BTD.reshape(-1, cfg.width)
+        if cfg.tied_embeddings:
+            logits_NV = embed.attend(x_ND)
+        else:
+            logits_NV = nn.Dense(self.vocab_size, use_bias=False, dtype=DTYPES[cfg.dtype],
+                                 param_dtype=DTYPES[cfg.param_dtype], name='head',
+                                 kernel_init=_init(nn.initializers.lecun_normal(),
+                                                   'embed', 'vocab'))(x_ND)
+        logits_BTV = logits_NV.reshape(*tokens_BT.shape, self.vocab_size)
+        return _constrain(logits_BTV.astype(jnp.float32), 'batch', 'length', 'vocab')
+
+
+class _ClassifierHead(nn.Module):
+    """Pools the encoded tokens (class token or masked mean) and maps them to class logits."""
+
+    cfg: TransformerConfig
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x_BTD, valid_BT, train: bool):
+        cfg = self.cfg
+        class_token = self.param('class_token', _init(nn.initializers.zeros, None, None, 'embed'),
+                                 (1, 1, cfg.width), DTYPES[cfg.param_dtype])
+        batch = x_BTD.shape[0]
+        x_BTD = jnp.concatenate([jnp.broadcast_to(class_token, (batch, 1, cfg.width)).astype(
+            x_BTD.dtype), x_BTD], 1)
+        valid_BT = jnp.concatenate([jnp.ones((batch, 1), bool), valid_BT], 1)
+        length = x_BTD.shape[1]
+        if length > cfg.max_len:
+            raise UserError(f'{length} tokens (class token included) exceed '
+                            f'model.transformer.max_len={cfg.max_len}')
+        positions_BT = jnp.broadcast_to(jnp.arange(length), (batch, length))
+        x_BTD = Encoder(cfg, causal=False, name='encoder')(x_BTD, valid_BT, positions_BT, train)
+        if cfg.pool == 'cls':
+            pooled_BD = x_BTD[:, 0]
+        else:
+            weight_BT1 = valid_BT[..., None].astype(x_BTD.dtype)
+            pooled_BD = (x_BTD * weight_BT1).sum(1) / weight_BT1.sum(1)
+        return nn.Dense(self.num_classes, dtype=DTYPES[cfg.dtype],
+                        param_dtype=DTYPES[cfg.param_dtype], name='head',
+                        kernel_init=_init(nn.initializers.zeros, 'embed', None),
+                        bias_init=_init(nn.initializers.zeros, None))(pooled_BD).astype(
+                            jnp.float32)
+
+
+class TransformerClassifier(nn.Module):
+    """Encoder classifier: tokens (B, T) with PAD_ID = 0 as padding -> class logits (B, C)."""
+
+    cfg: TransformerConfig
+    vocab_size: int
+    num_classes: int
+    causal = False
+
+    def sequence_length(self, input_shape) -> int:
+        return input_shape[1] + 1  # the class token
+
+    @nn.compact
+    def __call__(self, tokens_BT, *, train: bool):
+        embed = nn.Embed(self.vocab_size, self.cfg.width, dtype=DTYPES[self.cfg.dtype],
+                         param_dtype=DTYPES[self.cfg.param_dtype], name='token_embedding',
+                         embedding_init=_init(nn.initializers.normal(0.02), 'vocab', 'embed'))
+        x_BTD = _constrain(embed(tokens_BT), 'batch', 'length', None)
+        return _ClassifierHead(self.cfg, self.num_classes, name='classifier')(
+            x_BTD, tokens_BT != 0, train)
+
+
+class ViT(nn.Module):
+    """Vision Transformer: images (B, H, W, C) -> patches -> encoder -> class logits (B, C)."""
+
+    cfg: TransformerConfig
+    num_classes: int
+    causal = False
+
+    def sequence_length(self, input_shape) -> int:
+        return (input_shape[1] // self.cfg.patch_size) * (input_shape[2] // self.cfg.patch_size) + 1
+
+    @nn.compact
+    def __call__(self, images_BHWC, *, train: bool):
+        cfg = self.cfg
+        height, width = images_BHWC.shape[1:3]
+        if height % cfg.patch_size or width % cfg.patch_size:
+            raise UserError(f'model.transformer.patch_size={cfg.patch_size} does not divide the '
+                            f'{height}x{width} images')
+        patches = nn.Conv(cfg.width, (cfg.patch_size, cfg.patch_size), strides=cfg.patch_size,
+                          padding='VALID', dtype=DTYPES[cfg.dtype],
+                          param_dtype=DTYPES[cfg.param_dtype], name='patch_embedding',
+                          kernel_init=_init(nn.initializers.lecun_normal(),
+                                            None, None, None, 'embed'),
+                          bias_init=_init(nn.initializers.zeros, 'embed'))(images_BHWC)
+        x_BTD = einops.rearrange(patches, 'b h w d -> b (h w) d')
+        valid_BT = jnp.ones(x_BTD.shape[:2], bool)
+        return _ClassifierHead(cfg, self.num_classes, name='classifier')(x_BTD, valid_BT, train)

@@ -1,0 +1,67 @@
+"""What training means for each kind of data: the model's input and the metric sums.
+
+image / text_classification: class logits against 'label'. text_lm: next-token logits against
+the tokens shifted by one. Evaluation batches carry 'mask' (False on padding rows).
+"""
+
+import dataclasses
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from bigjax import data as data_lib
+from bigjax import metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    kind: str
+    inputs: Callable[[dict, jax.Array, bool], jax.Array]  # (batch, rng, train) -> model input
+    sums: Callable[[jax.Array, dict], dict]  # (model output, batch) -> metric sums
+
+
+def sample_input(dataset: data_lib.Dataset) -> jax.Array:
+    """One example's model input (zeros), for initialising parameters."""
+    if dataset.kind == 'image':
+        return jnp.zeros((1, *dataset.image_shape), jnp.float32)
+    return jnp.zeros((1, dataset.seq_len), jnp.int32)
+
+
+def tokens_per_example(dataset: data_lib.Dataset) -> int:
+    """Tokens an LM trains on per example, for tokens/s; 0 for other kinds."""
+    return dataset.seq_len if dataset.kind == 'text_lm' else 0
+
+
+def make_task(dataset: data_lib.Dataset, data_config) -> Task:
+    """The task for `dataset`; for images this reads the training split (normalisation)."""
+    if dataset.kind == 'image':
+        stats = data_lib.normalization_stats(dataset.train.arrays['image'], dataset.pixel_max,
+                                             data_config.normalize)
+        inputs = functools.partial(data_lib.image_inputs, stats=stats,
+                                   augment_config=data_config.augment)
+        return Task('image', inputs, _classification_sums)
+    if dataset.kind == 'text_classification':
+        return Task(dataset.kind, _tokens, _classification_sums)
+    return Task(dataset.kind, _lm_inputs, _lm_sums)
+
+
+def _tokens(batch, rng, train):
+    del rng, train
+    return batch['tokens'].astype(jnp.int32)
+
+
+def _classification_sums(logits_BC, batch):
+    return metrics.classification_sums(logits_BC, batch['label'], batch.get('mask'))
+
+
+def _lm_inputs(batch, rng, train):
+    del rng, train
+    return batch['tokens'][:, :-1].astype(jnp.int32)
+
+
+def _lm_sums(logits_BTV, batch):
+    mask = batch.get('mask')
+    return metrics.classification_sums(logits_BTV, batch['tokens'][:, 1:].astype(jnp.int32),
+                                       None if mask is None else mask[:, None])

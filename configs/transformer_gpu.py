@@ -1,0 +1,17 @@
+"""LM pretraining on tfds `lm1b` on one NVIDIA GPU box (A100/H100/H200; all its GPUs).
+
+bf16 compute, cuDNN flash attention through jax.nn.dot_product_attention, data parallel over the
+GPUs. Sizes by arg as in transformer_tpu.py: '100m' (default), '300m', '1b'.
+python launch.py --config=configs/transformer_gpu.py --workdir=/data/runs/lm1b_100m
+"""
+
+from configs import transformer_tpu
+
+
+def get_config(arg: str | None = None):
+    config = transformer_tpu.get_config(arg)
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
+    if arg != 'smoke':
+        config.train.batch_size = 128
+        config.train.eval_batch_size = 128
+    return config

@@ -1,0 +1,63 @@
+"""LM pretraining on tfds `lm1b` on a Cloud TPU slice (every host runs the same command).
+
+Sizes by arg: '100m' (default), '300m', '1b'; bf16 compute with float32 parameters, FSDP over
+all chips (a v4-8 has 4, a v5e-8 has 8), so parameters and optimizer state are split.
+python launch.py --config=configs/transformer_tpu.py:300m --workdir=gs://BUCKET/lm1b_300m
+"""
+
+from bigjax.config import default_config, shrink_to_smoke
+
+SIZES = {  # width, depth, heads, mlp width
+    '100m': (768, 12, 12, 3072),
+    '300m': (1024, 24, 16, 4096),
+    '1b': (2048, 18, 16, 8192),
+}
+
+
+def get_config(arg: str | None = None):
+    size = arg or '100m'
+    config = default_config()
+    config.data.name = 'lm1b'
+    config.data.eval_split = 'test'
+    config.data.text.tokenizer = 'bpe'
+    config.data.text.vocab_size = 32768
+    config.data.text.seq_len = 512
+    config.data.text.whitespace = 'collapse'
+    config.data.prefetch = 4
+    config.model.name = 'transformer_lm'
+    t = config.model.transformer
+    if size != 'smoke' and size not in SIZES:
+        raise ValueError(f'unknown config arg {arg!r}; use one of {sorted(SIZES)} or "smoke"')
+    t.width, t.depth, t.num_heads, t.mlp_dim = SIZES.get(size, SIZES['100m'])
+    t.max_len = 512
+    t.positions = 'rope'
+    t.mlp = 'swiglu'
+    t.norm = 'rmsnorm'
+    t.attention = 'dot_product'
+    t.dtype = 'bfloat16'
+    t.param_dtype = 'float32'
+    t.remat = size != '100m'
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, -1, 1
+    config.optim.name = 'adamw'
+    config.optim.learning_rate = 3e-4 if size == '1b' else 6e-4
+    config.optim.b2 = 0.95
+    config.optim.weight_decay = 0.1
+    config.optim.grad_clip_norm = 1.0
+    config.optim.schedule = 'cosine'
+    config.optim.warmup_steps = 2000
+    config.optim.end_lr_ratio = 0.1
+    config.train.batch_size = 256
+    config.train.num_steps = 100_000
+    config.train.log_every = 100
+    config.train.eval_every = 5000
+    config.train.eval_batch_size = 256
+    config.train.checkpoint_every = 2000
+    if size == 'smoke':
+        config.data.text.vocab_size = 300
+        config.data.text.seq_len = 32
+        t.width, t.depth, t.num_heads, t.mlp_dim, t.max_len = 32, 2, 4, 64, 32
+        t.dtype = 'float32'
+        config.mesh.fsdp, config.mesh.tensor = 4, 2
+        config.optim.warmup_steps = 2
+        shrink_to_smoke(config, num_steps=6)
+    return config

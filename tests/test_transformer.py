@@ -1,0 +1,139 @@
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bigjax import sample
+from bigjax.errors import UserError
+from bigjax.models import transformer as T
+
+
+def config(**overrides):
+    return T.TransformerConfig(**{**dict(width=32, depth=2, num_heads=4, mlp_dim=64,
+                                         max_len=24), **overrides})
+
+
+def lm(cfg, vocab=50):
+    model = T.TransformerLM(cfg, vocab)
+    params = nn.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32),
+                                 train=False))['params']
+    return model, params
+
+
+def tokens(shape, seed=1, vocab=50):
+    return jax.random.randint(jax.random.PRNGKey(seed), shape, 2, vocab)
+
+
+def qkv(batch=2, length=64, heads=4, groups=2, width=8):
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    return (jax.random.normal(keys[0], (batch, length, heads, width)),
+            jax.random.normal(keys[1], (batch, length, groups, width)),
+            jax.random.normal(keys[2], (batch, length, groups, width)))
+
+
+@pytest.mark.parametrize('causal', [True, False])
+@pytest.mark.parametrize('groups', [4, 2, 1])
+def test_einops_attention_equals_jax_dot_product_attention(causal, groups):
+    q, k, v = qkv(groups=groups)
+    valid = None if causal else jnp.arange(64)[None, :] < jnp.array([[50], [64]])
+    ours = T.einops_attention(q, k, v, causal=causal, key_valid_BS=valid)
+    theirs = T.library_attention(q, k, v, causal=causal, key_valid_BS=valid)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_blocked_causal_attention_equals_the_masked_full_computation():
+    q, k, v = qkv(length=128)  # 4 query blocks of 32
+    full = T.einops_attention(q, k, v, causal=True, query_offset=jnp.int32(0))  # unblocked path
+    np.testing.assert_allclose(T.einops_attention(q, k, v, causal=True), full, atol=1e-5)
+
+
+@pytest.mark.parametrize('overrides', [{}, {'positions': 'rope', 'mlp': 'swiglu',
+                                            'norm': 'rmsnorm', 'num_kv_heads': 2},
+                                       {'attention': 'dot_product', 'tied_embeddings': False}])
+def test_lm_is_causal(overrides):
+    model, params = lm(config(**overrides))
+    x = tokens((2, 16))
+    y = x.at[:, 10].set((x[:, 10] + 1) % 50)  # change token 10 only
+    apply = jax.jit(lambda x: model.apply({'params': params}, x, train=False))
+    logits_x, logits_y = apply(x), apply(y)
+    np.testing.assert_array_equal(logits_x[:, :10], logits_y[:, :10])
+    assert not np.allclose(logits_x[:, 10:], logits_y[:, 10:])
+
+
+def test_classifier_ignores_padding():
+    cfg = config(max_len=40)
+    model = T.TransformerClassifier(cfg, vocab_size=50, num_classes=3)
+    x = jnp.concatenate([tokens((2, 12)), jnp.zeros((2, 4), jnp.int32)], axis=1)
+    params = model.init(jax.random.PRNGKey(0), x, train=False)
+    longer = jnp.concatenate([x, jnp.zeros((2, 20), jnp.int32)], axis=1)  # more padding
+    np.testing.assert_allclose(model.apply(params, x, train=False),
+                               model.apply(params, longer, train=False), atol=1e-5)
+    assert model.apply(params, x, train=False).shape == (2, 3)
+
+
+def test_vit_shapes_and_patch_error():
+    model = T.ViT(config(patch_size=2, max_len=17), num_classes=10)
+    images = jnp.zeros((3, 8, 8, 1))
+    params = model.init(jax.random.PRNGKey(0), images, train=False)
+    assert model.apply(params, images, train=False).shape == (3, 10)
+    assert model.sequence_length(images.shape) == 17
+    with pytest.raises(UserError, match='patch_size=2 does not divide the 9x9 images'):
+        model.init(jax.random.PRNGKey(0), jnp.zeros((1, 9, 9, 1)), train=False)
+
+
+@pytest.mark.parametrize('positions', ['learned', 'rope'])
+def test_kv_cache_decoding_equals_full_recomputation(positions):
+    model, params = lm(config(positions=positions, num_kv_heads=2))
+    prompt = tokens((3, 5))
+    cached = sample.generate(model, params, prompt, jax.random.PRNGKey(2), num_tokens=10,
+                             temperature=0.0)
+    apply = jax.jit(lambda x: model.apply({'params': params}, x, train=False))
+    full = prompt
+    for _ in range(10):
+        logits = apply(full)
+        full = jnp.concatenate([full, jnp.argmax(logits[:, -1], -1)[:, None].astype(jnp.int32)],
+                               axis=1)
+    np.testing.assert_array_equal(cached, full)
+
+
+def test_sampling_respects_top_k_and_the_rng():
+    model, params = lm(config())
+    prompt = tokens((4, 3))
+    a = sample.generate(model, params, prompt, jax.random.PRNGKey(5), num_tokens=8,
+                        temperature=1.0, top_k=1)
+    greedy = sample.generate(model, params, prompt, jax.random.PRNGKey(6), num_tokens=8,
+                             temperature=0.0)
+    np.testing.assert_array_equal(a, greedy)  # top-1 sampling is greedy whatever the rng
+    b = sample.generate(model, params, prompt, jax.random.PRNGKey(5), num_tokens=8)
+    np.testing.assert_array_equal(b, sample.generate(model, params, prompt, jax.random.PRNGKey(5),
+                                                     num_tokens=8))
+    logits = jnp.array([[0.0, 1.0, 5.0, 2.0]])
+    draws = [int(sample.next_token(logits, jax.random.PRNGKey(i), 1.0, 2)[0]) for i in range(40)]
+    assert set(draws) <= {2, 3} and len(set(draws)) == 2
+
+
+def test_remat_and_bf16_compute_change_nothing_but_precision():
+    x = tokens((2, 16))
+    base_model, params = lm(config())
+    loss = lambda model: lambda p: model.apply({'params': p}, x, train=False).mean()
+    remat_model = T.TransformerLM(config(remat=True), 50)
+    np.testing.assert_allclose(jax.jit(jax.grad(loss(remat_model)))(params)['encoder']['block0']['mlp'][
+        'up']['kernel'], jax.jit(jax.grad(loss(base_model)))(params)['encoder']['block0']['mlp']['up'][
+        'kernel'], rtol=1e-5, atol=1e-7)
+    bf16 = T.TransformerLM(config(dtype='bfloat16'), 50).apply({'params': params}, x, train=False)
+    assert bf16.dtype == jnp.float32  # logits come back in float32 for the loss
+    np.testing.assert_allclose(bf16, base_model.apply({'params': params}, x, train=False),
+                               atol=0.1)
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'num_heads': 3}, 'num_heads=3 does not divide width=32'),
+    ({'num_kv_heads': 3}, 'num_kv_heads=3 does not divide num_heads=4'),
+    ({'mlp': 'relu'}, 'model.transformer.mlp'),
+    ({'dtype': 'float16'}, 'model.transformer.dtype'),
+    ({'dropout': 1.0}, 'dropout'),
+])
+def test_bad_transformer_config_is_a_clear_error(overrides, message):
+    with pytest.raises(UserError, match=message):
+        config(**overrides).check()
