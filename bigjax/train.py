@@ -165,7 +165,7 @@ def _train(plan: _Plan, checkpointer: Checkpointer, latest: int | None,
     train_iter = data_lib.ArrayTrainIterator(plan.dataset.train.arrays, config.train.batch_size,
                                              config.seed, jax.process_index(),
                                              jax.process_count())
-    replicated = parallel.replicated(mesh)
+    replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     config_json = json.loads(config.to_json_best_effort())
     if latest is None:
         state = jax.jit(lambda rng: nn.unbox(plan.init(rng)),
@@ -176,9 +176,12 @@ def _train(plan: _Plan, checkpointer: Checkpointer, latest: int | None,
     train_fn = jax.jit(
         functools.partial(_train_and_accumulate, model=plan.model, tx=plan.tx, task=task,
                           rules=plan.rules, microbatches=config.train.microbatches),
-        donate_argnums=(0, 1), out_shardings=(plan.state_shardings, replicated, replicated))
+        donate_argnums=(0, 1), in_shardings=(plan.state_shardings, replicated, batch_sharding),
+        out_shardings=(plan.state_shardings, replicated, replicated))
     eval_fn = jax.jit(functools.partial(_eval_and_accumulate, model=plan.model, task=task,
-                                        rules=plan.rules), out_shardings=replicated)
+                                        rules=plan.rules),
+                      in_shardings=(replicated, plan.state_shardings, batch_sharding),
+                      out_shardings=replicated)
     learning_rate = jax.jit(optim.learning_rate_schedule(config.optim, schedule.total_steps))
     evaluate = functools.partial(_evaluate, eval_fn=eval_fn, arrays=plan.dataset.eval.arrays,
                                  batch_size=_eval_batch_size(config), mesh=mesh,

@@ -1,0 +1,42 @@
+import types
+
+import jax
+import numpy as np
+import pytest
+
+from bigjax import perf, train
+from bigjax.errors import UserError
+from bigjax.models.transformer import TransformerConfig, TransformerLM
+from conftest import load_config
+
+
+def test_flops_formula_counts_matmul_weights_and_attention():
+    cfg = TransformerConfig(width=32, depth=2, num_heads=4, mlp_dim=64, max_len=16)
+    params = jax.eval_shape(lambda: TransformerLM(cfg, 50).init(
+        jax.random.PRNGKey(0), np.zeros((1, 16), np.int32), train=False))['params']
+    params = jax.tree.map(lambda box: box.value if hasattr(box, 'value') else box, params,
+                          is_leaf=lambda x: hasattr(x, 'value'))
+    per_layer = 4 * 32 * 32 + 2 * 32 * 64  # q, k, v, out; up, down
+    matmul = 2 * per_layer + 50 * 32  # + the tied embedding as output layer
+    assert perf.matmul_params(params, tied_embeddings=True) == matmul
+    assert perf.train_flops_per_token(params, cfg, 16, causal=True) == 6 * matmul + 6 * 2 * 16 * 32
+
+
+def test_peak_flops(monkeypatch):
+    assert perf.peak_flops(123.0) == 123.0
+    assert perf.peak_flops(0.0) > 1e9  # CPU: a matmul measured now
+    fake = types.SimpleNamespace(platform='gpu', device_kind='NVIDIA H100 80GB HBM3')
+    monkeypatch.setattr(jax, 'devices', lambda: [fake])
+    monkeypatch.setattr(jax, 'device_count', lambda: 8)
+    assert perf.peak_flops(0.0) == 8 * 989e12
+    fake.device_kind = 'Mystery Accelerator 9000'
+    with pytest.raises(UserError, match="no peak FLOP/s known for 'Mystery Accelerator 9000'.*"
+                                        'train.peak_flops'):
+        perf.peak_flops(0.0)
+
+
+def test_profiler_traces_the_requested_steps(tmp_path):
+    config = load_config('transformer_cpu', 'smoke')
+    config.train.profile_start_step, config.train.profile_steps = 3, 2
+    train.run(config, tmp_path)
+    assert list((tmp_path / 'profile').rglob('*.xplane.pb'))

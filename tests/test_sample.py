@@ -1,0 +1,40 @@
+import subprocess
+import sys
+
+import pytest
+
+from bigjax import sample, train
+from bigjax.errors import UserError
+from conftest import REPO, load_config
+
+
+@pytest.fixture(scope='module')
+def trained_lm(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp('lm')
+    train.run(load_config('transformer_cpu', 'smoke'), workdir)
+    return workdir
+
+
+def test_sampling_from_a_trained_workdir(trained_lm):
+    config = load_config('transformer_cpu', 'smoke')
+    text = sample.from_workdir(config, trained_lm, 'def ', num_tokens=20, temperature=0.0,
+                               top_k=0)
+    assert isinstance(text, str) and text
+    assert text == sample.from_workdir(config, trained_lm, 'def ', num_tokens=20,
+                                       temperature=0.0, top_k=0)
+
+
+def test_sample_mode_of_launch(trained_lm):
+    out = subprocess.run([sys.executable, 'launch.py', '--config=configs/transformer_cpu.py:smoke',
+                          f'--workdir={trained_lm}', '--mode=sample', '--prompt=import ',
+                          '--num_tokens=10', '--temperature=0'],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+
+
+def test_sampling_errors_are_clear(trained_lm, tmp_path):
+    config = load_config('transformer_cpu', 'smoke')
+    with pytest.raises(UserError, match='holds no checkpoint: train there first'):
+        sample.from_workdir(config, tmp_path, 'x', num_tokens=5, temperature=1.0, top_k=0)
+    with pytest.raises(UserError, match='must fit in model.transformer.max_len=32'):
+        sample.from_workdir(config, trained_lm, 'x', num_tokens=40, temperature=1.0, top_k=0)
