@@ -14,17 +14,20 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from compare import print_table, run_rounds  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 XNN_GREEDY = '--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY'
-CONTENDERS = {
-    'pytorch (article loop)': ('torch', ''),
-    'bigjax (XLA default flags)': ('jax', ''),
-    'bigjax (XNN greedy graph fusion)': ('jax', XNN_GREEDY),
+CONTENDERS = {  # name: (worker, extra environment)
+    'pytorch (article loop)': ('torch', {}),
+    'bigjax (its XLA defaults: YNN fusions off)': ('jax', {'XLA_FLAGS': ''}),
+    "bigjax (XLA's own defaults)": ('jax', {'XLA_FLAGS': '', 'BIGJAX_NO_XLA_DEFAULTS': '1'}),
+    'bigjax (+ XNN greedy graph fusion)': ('jax', {'XLA_FLAGS': XNN_GREEDY}),
 }
 BATCH = 64
 
@@ -94,7 +97,7 @@ def pytorch_images_per_sec(steps: int) -> float:
 
 def worker(kind: str, steps: int) -> None:
     rate = bigjax_images_per_sec(steps) if kind == 'jax' else pytorch_images_per_sec(steps)
-    print(json.dumps({'images_per_sec': rate}))
+    print(json.dumps({'rate': rate}))
 
 
 def main() -> None:
@@ -106,23 +109,12 @@ def main() -> None:
     if args.worker:
         return worker(args.worker, args.steps)
 
-    rates = {name: [] for name in CONTENDERS}
-    for round_index in range(args.rounds):
-        for name, (kind, xla_flags) in CONTENDERS.items():
-            env = dict(os.environ, XLA_FLAGS=xla_flags)
-            out = subprocess.run([sys.executable, __file__, f'--worker={kind}',
-                                  f'--steps={args.steps}'], env=env, check=True,
-                                 capture_output=True, text=True).stdout
-            rates[name].append(json.loads(out.strip().splitlines()[-1])['images_per_sec'])
-            print(f'round {round_index + 1}: {name}: {rates[name][-1]:.0f} img/s', flush=True)
-
-    reference = statistics.median(rates['pytorch (article loop)'])
+    script = os.path.abspath(__file__)
+    results = run_rounds({name: ([script, f'--worker={kind}', f'--steps={args.steps}'], env)
+                          for name, (kind, env) in CONTENDERS.items()}, args.rounds)
     print(f'\nmedian of {args.rounds} rounds, batch {BATCH}, {args.steps} steps, '
           f'{os.cpu_count()} CPUs')
-    print(f'{"contender":36s} {"img/s":>8s} {"vs pytorch":>10s}')
-    for name, values in rates.items():
-        median = statistics.median(values)
-        print(f'{name:36s} {median:8.0f} {median / reference:9.2f}x')
+    print_table(results, 'pytorch (article loop)', 'img/s')
 
 
 if __name__ == '__main__':

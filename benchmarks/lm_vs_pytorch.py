@@ -25,7 +25,6 @@ from compare import print_table, run_rounds  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WIDTH, DEPTH, HEADS, MLP, LENGTH, BATCH, VOCAB = 256, 4, 4, 1024, 256, 16, 258
-XNN_GREEDY = '--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY'
 
 
 def bigjax_worker(steps: int, attention: str) -> dict:
@@ -129,8 +128,8 @@ def main() -> None:
         'bigjax (einops attention)': ([script, '--worker=einops', steps], {'XLA_FLAGS': ''}),
         'bigjax (jax.nn.dot_product_attention)': ([script, '--worker=dot_product', steps],
                                                   {'XLA_FLAGS': ''}),
-        'bigjax (einops, XNN greedy fusion)': ([script, '--worker=einops', steps],
-                                               {'XLA_FLAGS': XNN_GREEDY}),
+        "bigjax (einops, XLA's own defaults)": ([script, '--worker=einops', steps],
+                                                {'XLA_FLAGS': '', 'BIGJAX_NO_XLA_DEFAULTS': '1'}),
     }
     results = run_rounds(contenders, args.rounds)
     print(f'\nmedian of {args.rounds} rounds; D{WIDTH} L{DEPTH} H{HEADS} T{LENGTH} B{BATCH} '

@@ -39,6 +39,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.text.drop_duplicates = True  # drop exact duplicate documents (after cleaning)
     c.data.prefetch = 2  # batches prepared on device ahead of the step; 0 = none
     c.data.synthetic = ml_collections.ConfigDict()  # shapes for data.name == 'synthetic'
+    c.data.synthetic.kind = 'image'  # 'image' | 'text_lm' (windows of data.text.seq_len + 1)
+    c.data.synthetic.vocab_size = 32768  # text_lm
     c.data.synthetic.image_shape = (28, 28, 1)
     c.data.synthetic.num_classes = 10
     c.data.synthetic.train_examples = 4096

@@ -66,9 +66,10 @@ def from_workdir(config, workdir, prompt: str, *, num_tokens: int, temperature: 
     from bigjax import train  # The LM's data, model and checkpoint come as training has them.
     from bigjax.data.tokenizers import EOS_ID
     plan, state, step = train.load_state(config, workdir)
-    if plan.dataset.kind != 'text_lm':
-        raise UserError(f'--mode=sample needs a language model; {config.data.name!r} with '
-                        f'model.name={config.model.name!r} is {plan.dataset.kind}')
+    if plan.dataset.kind != 'text_lm' or plan.dataset.tokenizer is None:
+        raise UserError(f'--mode=sample needs a language model trained on text; '
+                        f'data.name={config.data.name!r} with model.name={config.model.name!r} '
+                        'is not one')
     ids = [EOS_ID, *plan.dataset.tokenizer.encode_batch([prompt])[0]]  # as a document starts
     check_length(plan.model, len(ids), num_tokens)
     out = generate(plan.model, state.params, jnp.asarray([ids], jnp.int32),

@@ -140,7 +140,7 @@ def _plan(config, workdir) -> _Plan:
                         f'{dataset.kind} data: leave data.augment at its defaults')
     model = models.build_model(
         config.model, dataset.kind, num_classes=dataset.num_classes,
-        vocab_size=dataset.tokenizer.vocab_size if dataset.tokenizer else 0)
+        vocab_size=dataset.vocab_size)
     tx = optim.build_optimizer(config.optim, schedule.total_steps)
     init = functools.partial(steps.init_state, model=model, tx=tx,
                              sample_input=tasks.sample_input(dataset), rules=rules)

@@ -144,3 +144,13 @@ def test_dataset_needing_download_offline_is_a_clear_error(tmp_path, monkeypatch
         data.open_dataset(data_config(name='mnist', data_dir=str(tmp_path)))
     with pytest.raises(UserError, match='data.download is False'):
         data.open_dataset(data_config(name='mnist', data_dir=str(tmp_path), download=False))
+
+
+def test_synthetic_tokens_for_lm_benchmarks():
+    config = data_config(name='synthetic')
+    config.synthetic.update(kind='text_lm', vocab_size=11, train_examples=20, eval_examples=4)
+    config.text.seq_len = 6
+    dataset = data.open_dataset(config)
+    assert (dataset.kind, dataset.vocab_size, dataset.seq_len) == ('text_lm', 11, 6)
+    tokens = dataset.train.arrays['tokens']
+    assert tokens.shape == (20, 7) and tokens.min() >= 2 and tokens.max() < 11

@@ -12,9 +12,9 @@ from conftest import load_config
 from test_parallel import lm_setup, mesh_config
 
 # Losses of the small test LM on counting sequences, steps 1-6, one device, float32.
-LM_LOSSES = [4.156074, 4.133171, 4.12175, 4.104732, 4.073233, 4.076482]
+LM_LOSSES = [4.164598, 4.142452, 4.128292, 4.123623, 4.0899, 4.075343]
 # configs/cnn_digits.py:smoke on 8 host devices: final train loss, eval loss and accuracy.
-DIGITS_SMOKE = (2.264871, 2.316463, 0.083333)
+DIGITS_SMOKE = (2.264871, 2.317648, 0.083333)
 
 
 def counting_batches(count, batch=16, length=17, vocab=64):

@@ -104,7 +104,7 @@ def test_same_losses_on_one_device_and_on_every_mesh():
 def test_parameters_are_sharded_as_the_rules_say():
     state, _ = lm_setup(parallel.make_mesh(mesh_config(data=1, fsdp=4, tensor=2)))
     block = state.params['encoder']['block0']
-    assert block['attention']['query']['kernel'].sharding.spec == P('fsdp', 'tensor', None)
+    assert block['attention']['qkv']['kernel'].sharding.spec == P('fsdp', 'tensor', None, None)
     assert block['attention']['out']['kernel'].sharding.spec == P('tensor', None, 'fsdp')
     assert block['mlp']['up']['kernel'].sharding.spec == P('fsdp', 'tensor')
     assert block['mlp']['down']['kernel'].sharding.spec == P('tensor', 'fsdp')

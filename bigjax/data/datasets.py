@@ -47,7 +47,8 @@ class Dataset:
     image_shape: tuple = ()  # 'image'
     pixel_max: float = 0.0  # 'image': the largest pixel value
     seq_len: int = 0  # text kinds
-    tokenizer: tokenizers.Tokenizer | None = None  # text kinds
+    vocab_size: int = 0  # text kinds
+    tokenizer: tokenizers.Tokenizer | None = None  # text kinds (None for synthetic tokens)
 
 
 def open_dataset(data_config) -> Dataset:
@@ -66,24 +67,35 @@ def open_dataset(data_config) -> Dataset:
 
 
 def _synthetic(data_config) -> Dataset:
-    """Random images and labels with the configured shapes: for benchmarks, not for learning."""
+    """Random examples with the configured shapes, for benchmarks (nothing to learn): images and
+    labels, or (synthetic.kind='text_lm') token windows of data.text.seq_len + 1."""
     syn = data_config.synthetic
-    shape = tuple(syn.image_shape)
-    if len(shape) != 3 or min(shape) < 1 or syn.num_classes < 2 or min(
-            syn.train_examples, syn.eval_examples) < 1:
-        raise UserError('data.synthetic needs image_shape (height, width, channels) >= 1, '
-                        'num_classes >= 2 and train_examples, eval_examples >= 1')
+    if syn.kind not in ('image', 'text_lm') or min(syn.train_examples, syn.eval_examples) < 1:
+        raise UserError('data.synthetic.kind must be "image" or "text_lm", with train_examples '
+                        'and eval_examples >= 1')
+    if syn.kind == 'text_lm':
+        seq_len, vocab = data_config.text.seq_len, syn.vocab_size
+        if seq_len < 1 or vocab < 3:
+            raise UserError('synthetic tokens need data.text.seq_len >= 1 and '
+                            'data.synthetic.vocab_size >= 3')
+        make = lambda rng, n: {'tokens': rng.integers(2, vocab, (n, seq_len + 1)).astype(
+            np.int32)}
+        extra = dict(seq_len=seq_len, vocab_size=vocab)
+    else:
+        shape = tuple(syn.image_shape)
+        if len(shape) != 3 or min(shape) < 1 or syn.num_classes < 2:
+            raise UserError('data.synthetic needs image_shape (height, width, channels) >= 1 '
+                            'and num_classes >= 2')
+        make = lambda rng, n: {
+            'image': rng.integers(0, 256, (n, *shape), dtype=np.uint8),
+            'label': rng.integers(0, syn.num_classes, n).astype(np.int32)}
+        extra = dict(num_classes=syn.num_classes, image_shape=shape, pixel_max=255.0)
 
     def split(num_examples, seed):
-        def read():
-            rng = np.random.default_rng(seed)
-            return {'image': rng.integers(0, 256, (num_examples, *shape), dtype=np.uint8),
-                    'label': rng.integers(0, syn.num_classes, num_examples).astype(np.int32)}
-        return Split(num_examples, read)
+        return Split(num_examples, lambda: make(np.random.default_rng(seed), num_examples))
 
-    return Dataset('synthetic', 'image', split(syn.train_examples, 0),
-                   split(syn.eval_examples, 1), num_classes=syn.num_classes, image_shape=shape,
-                   pixel_max=255.0)
+    return Dataset('synthetic', syn.kind, split(syn.train_examples, 0),
+                   split(syn.eval_examples, 1), **extra)
 
 
 def _images(builder, data_config) -> Dataset:
@@ -150,7 +162,8 @@ def _text(builder, data_config) -> Dataset:
         return Split(len(arrays['tokens']), lambda: arrays)
 
     return Dataset(data_config.name, f'text_{task}', split(train), split(eval_),
-                   num_classes=num_classes, seq_len=t.seq_len, tokenizer=tokenizer)
+                   num_classes=num_classes, seq_len=t.seq_len, vocab_size=tokenizer.vocab_size,
+                   tokenizer=tokenizer)
 
 
 def _num_classes(features, label_feature: str) -> int:

@@ -180,14 +180,18 @@ class Attention(nn.Module):
         cfg = self.cfg
         batch, length, width = x_BTD.shape
         x_ND = x_BTD.reshape(batch * length, width)
-        project = lambda heads, name: nn.DenseGeneral(
-            (heads, cfg.head_dim), dtype=DTYPES[cfg.dtype], param_dtype=DTYPES[cfg.param_dtype],
-            use_bias=False, name=name,
-            kernel_init=_init(nn.initializers.lecun_normal(), 'embed', 'heads', 'kv'))(
-                x_ND).reshape(batch, length, heads, cfg.head_dim)
-        q_BTHK = _constrain(project(cfg.num_heads, 'query'), 'batch', 'length', 'heads', 'kv')
-        k_BTGK = project(cfg.kv_heads, 'key')
-        v_BTGK = project(cfg.kv_heads, 'value')
+        groups, repeats = cfg.kv_heads, cfg.num_heads // cfg.kv_heads
+        # One product for queries, keys and values: per key/value head g, its R query heads,
+        # its key and its value. Sharding 'heads' splits whole groups, so it stays local.
+        qkv_NGCK = nn.DenseGeneral(
+            (groups, repeats + 2, cfg.head_dim), dtype=DTYPES[cfg.dtype],
+            param_dtype=DTYPES[cfg.param_dtype], use_bias=False, name='qkv',
+            kernel_init=_init(nn.initializers.lecun_normal(), 'embed', 'heads', None, 'kv'))(x_ND)
+        qkv_BTGCK = qkv_NGCK.reshape(batch, length, groups, repeats + 2, cfg.head_dim)
+        q_BTHK = _constrain(einops.rearrange(qkv_BTGCK[:, :, :, :repeats],
+                                             'b t g r k -> b t (g r) k'),
+                            'batch', 'length', 'heads', 'kv')
+        k_BTGK, v_BTGK = qkv_BTGCK[:, :, :, repeats], qkv_BTGCK[:, :, :, repeats + 1]
         if cfg.positions == 'rope':
             q_BTHK, k_BTGK = rotate(q_BTHK, positions_BT), rotate(k_BTGK, positions_BT)
         query_offset = 0

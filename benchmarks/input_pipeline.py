@@ -1,0 +1,77 @@
+"""Input pipeline speed next to how fast training consumes it, for the CNN and the small LM.
+
+The pipeline alone is what the training loop uses: the deterministic batch iterator, prefetch and
+global-batch assembly on the mesh, then the task's on-device input transform (normalisation and
+augmentation for images) jitted, keyed by a fresh RNG per batch, and waited for. Training is the
+real `train.run` of the same config, its steady-state examples/s from metrics.jsonl. Goal: the
+pipeline at least 10x faster than training.
+
+python benchmarks/input_pipeline.py [--batches=200] [--steps=40]
+"""
+
+import argparse
+import functools
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+import jax  # noqa: E402
+
+from bigjax import data, parallel, tasks, train, writers  # noqa: E402
+from configs import cnn_digits, transformer_cpu  # noqa: E402
+
+
+def configs():
+    cnn = cnn_digits.get_config()
+    cnn.data.augment.update(crop_padding=1, rotation_degrees=10.0, scale_min=0.9, scale_max=1.1)
+    return {'cnn_digits (augmented)': cnn, 'transformer_cpu': transformer_cpu.get_config()}
+
+
+def pipeline_examples_per_sec(config, batches: int) -> float:
+    mesh = parallel.make_mesh(config.mesh)
+    dataset = data.open_dataset(config.data)
+    task = tasks.make_task(dataset, config.data)
+    iterator = data.ArrayTrainIterator(dataset.train.arrays, config.train.batch_size, config.seed)
+    stream = data.prefetch(iterator, config.data.prefetch,
+                           functools.partial(parallel.global_batch, mesh=mesh))
+    inputs = jax.jit(lambda batch, rng: task.inputs(batch, rng, True))
+    jax.block_until_ready(inputs(next(stream)[0], jax.random.PRNGKey(0)))  # compile
+    start = time.perf_counter()
+    outputs = [inputs(next(stream)[0], jax.random.PRNGKey(i)) for i in range(batches)]
+    jax.block_until_ready(outputs)
+    stream.close()
+    return batches * config.train.batch_size / (time.perf_counter() - start)
+
+
+def training_examples_per_sec(config, steps: int) -> float:
+    config.train.num_steps = steps
+    config.optim.warmup_steps = 0
+    config.train.log_every = max(steps // 4, 1)
+    config.train.eval_every = config.train.checkpoint_every = steps
+    config.data.eval_split = config.data.eval_split.split('[')[0] + '[:1]'
+    with tempfile.TemporaryDirectory() as workdir:
+        train.run(config, workdir)
+        rows = [r for r in writers.read_metrics(workdir) if r['split'] == 'train'][1:]
+    return statistics.median(r['examples_per_sec'] for r in rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--batches', type=int, default=200)
+    parser.add_argument('--steps', type=int, default=40)
+    args = parser.parse_args()
+    print(f'{"config":26s} {"pipeline ex/s":>14s} {"training ex/s":>14s} {"ratio":>8s}')
+    for name, config in configs().items():
+        pipeline = pipeline_examples_per_sec(config, args.batches)
+        training = training_examples_per_sec(config, args.steps)
+        print(f'{name:26s} {pipeline:14.0f} {training:14.1f} {pipeline / training:7.0f}x',
+              flush=True)
+
+
+if __name__ == '__main__':
+    main()
