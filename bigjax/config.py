@@ -107,6 +107,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.profile_start_step = 0  # > 0: jax.profiler trace of profile_steps steps from here
     c.train.profile_steps = 5
 
+    c.report = ml_collections.ConfigDict()  # <workdir>/report.html (bigjax/report.py)
+    c.report.enabled = True  # write it at the end of the run (launch.py --mode=report: any time)
+    c.report.examples = 1024  # eval examples searched for the most confidently wrong ones
+    c.report.sample_tokens = 120  # LMs: tokens sampled after each of a few eval prompts
+
     c.mesh = ml_collections.ConfigDict()  # device mesh axis sizes; -1 = all remaining devices
     c.mesh.data = -1
     c.mesh.fsdp = 1
@@ -125,6 +130,19 @@ def shrink_to_smoke(config: ml_collections.ConfigDict, *, num_steps: int) -> Non
     config.train.log_every = max(num_steps // 4, 1)
     config.train.eval_every = max(num_steps // 2, 1)
     config.train.checkpoint_every = max(num_steps // 2, 1)
+    config.report.examples = 64
+    config.report.sample_tokens = 16
+
+
+def from_json(values: dict) -> ml_collections.ConfigDict:
+    """A config from its config.json (lists become tuples, as config files write them)."""
+    def tuples(value):
+        if isinstance(value, dict):
+            return {k: tuples(v) for k, v in value.items()}
+        return tuple(tuples(v) for v in value) if isinstance(value, list) else value
+    config = ml_collections.ConfigDict(tuples(values))
+    check(config)
+    return config
 
 
 def check(config: ml_collections.ConfigDict) -> None:

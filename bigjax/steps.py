@@ -96,8 +96,8 @@ def train_step(state: TrainState, batch: dict, *, model: nn.Module,
 
 
 def eval_step(state: TrainState, batch: dict, *, model: nn.Module, task: Task, rules=()) -> dict:
-    """Metric sums over the rows of `batch` whose `mask` is set."""
+    """Evaluation sums over the rows of `batch` whose `mask` is set."""
     inputs = task.inputs(batch, state.rng, False)
     with nn.logical_axis_rules(rules):
         outputs, _ = _apply(model, state, state.params, inputs, train=False)
-    return task.sums(outputs, batch)
+    return task.eval_sums(outputs, batch)

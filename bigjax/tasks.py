@@ -1,7 +1,8 @@
 """What training means for each kind of data: the model's input and the metric sums.
 
 image / text_classification: class logits against 'label'. text_lm: next-token logits against
-the tokens shifted by one. Evaluation batches carry 'mask' (False on padding rows).
+the tokens shifted by one. Evaluation batches carry 'mask' (False on padding rows); evaluation
+sums hold more statistics than training sums (bigjax/metrics.py).
 """
 
 import dataclasses
@@ -19,7 +20,8 @@ from bigjax import metrics
 class Task:
     kind: str
     inputs: Callable[[dict, jax.Array, bool], jax.Array]  # (batch, rng, train) -> model input
-    sums: Callable[[jax.Array, dict], dict]  # (model output, batch) -> metric sums
+    sums: Callable[[jax.Array, dict], dict]  # (model output, batch) -> training metric sums
+    eval_sums: Callable[[jax.Array, dict], dict]  # (model output, batch) -> evaluation sums
 
 
 def sample_input(dataset: data_lib.Dataset) -> jax.Array:
@@ -41,10 +43,14 @@ def make_task(dataset: data_lib.Dataset, data_config) -> Task:
                                              data_config.normalize)
         inputs = functools.partial(data_lib.image_inputs, stats=stats,
                                    augment_config=data_config.augment)
-        return Task('image', inputs, _classification_sums)
+        return Task('image', inputs, _classification_sums,
+                    functools.partial(_classifier_eval_sums, num_classes=dataset.num_classes))
     if dataset.kind == 'text_classification':
-        return Task(dataset.kind, _tokens, _classification_sums)
-    return Task(dataset.kind, _lm_inputs, _lm_sums)
+        return Task(dataset.kind, _tokens, _classification_sums,
+                    functools.partial(_classifier_eval_sums, num_classes=dataset.num_classes))
+    lengths = (None, None) if dataset.tokenizer is None else dataset.tokenizer.token_lengths()
+    return Task(dataset.kind, _lm_inputs, _lm_sums,
+                functools.partial(_lm_eval_sums, token_lengths=lengths))
 
 
 def _tokens(batch, rng, train):
@@ -56,12 +62,25 @@ def _classification_sums(logits_BC, batch):
     return metrics.classification_sums(logits_BC, batch['label'], batch.get('mask'))
 
 
+def _classifier_eval_sums(logits_BC, batch, num_classes: int):
+    metrics.check_num_classes(logits_BC.shape, num_classes)
+    return metrics.classifier_eval_sums(logits_BC, batch['label'], batch.get('mask'))
+
+
 def _lm_inputs(batch, rng, train):
     del rng, train
     return batch['tokens'][:, :-1].astype(jnp.int32)
 
 
-def _lm_sums(logits_BTV, batch):
+def _lm_targets(batch):
     mask = batch.get('mask')
-    return metrics.classification_sums(logits_BTV, batch['tokens'][:, 1:].astype(jnp.int32),
-                                       None if mask is None else mask[:, None])
+    return batch['tokens'][:, 1:].astype(jnp.int32), None if mask is None else mask[:, None]
+
+
+def _lm_sums(logits_BTV, batch):
+    return metrics.classification_sums(logits_BTV, *_lm_targets(batch))
+
+
+def _lm_eval_sums(logits_BTV, batch, token_lengths):
+    token_bytes, token_chars = (None if t is None else jnp.asarray(t) for t in token_lengths)
+    return metrics.lm_eval_sums(logits_BTV, *_lm_targets(batch), token_bytes, token_chars)

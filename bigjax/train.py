@@ -13,6 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from etils import epath
 
 from bigjax import config as config_lib
@@ -178,14 +179,8 @@ def _train(plan: _Plan, checkpointer: Checkpointer, latest: int | None,
                           rules=plan.rules, microbatches=config.train.microbatches),
         donate_argnums=(0, 1), in_shardings=(plan.state_shardings, replicated, batch_sharding),
         out_shardings=(plan.state_shardings, replicated, replicated))
-    eval_fn = jax.jit(functools.partial(_eval_and_accumulate, model=plan.model, task=task,
-                                        rules=plan.rules),
-                      in_shardings=(replicated, plan.state_shardings, batch_sharding),
-                      out_shardings=replicated)
     learning_rate = jax.jit(optim.learning_rate_schedule(config.optim, schedule.total_steps))
-    evaluate = functools.partial(_evaluate, eval_fn=eval_fn, arrays=plan.dataset.eval.arrays,
-                                 batch_size=_eval_batch_size(config), mesh=mesh,
-                                 kind=plan.dataset.kind)
+    evaluate = Evaluator(plan, task)
 
     start_step = latest or 0
     is_main = jax.process_index() == 0
@@ -228,8 +223,12 @@ def _train(plan: _Plan, checkpointer: Checkpointer, latest: int | None,
                     progress.report(step, 'train', values)
                     window = jax.device_put(_empty_window(), replicated)
                 if step % schedule.eval_every == 0 or last:
-                    final_eval = evaluate(state)
+                    sums = evaluate(state)
+                    final_eval = metrics.summarize(sums, plan.dataset.kind)
                     writer.write(step, 'eval', final_eval)
+                    if 'confusion' in sums:
+                        writer.write_details(step, metrics.details(sums,
+                                                                   plan.dataset.class_names))
                     progress.report(step, 'eval', final_eval)
                 if checkpoint:
                     checkpointer.save(step, state, window, data_state, config_json)
@@ -243,6 +242,9 @@ def _train(plan: _Plan, checkpointer: Checkpointer, latest: int | None,
         progress.close()
         writer.close()
     log.info('Final eval at step %d: %s', schedule.total_steps, writers.format_values(final_eval))
+    if config.report.enabled:
+        from bigjax import report  # matplotlib only when a report is written
+        log.info('Wrote %s', report.build(plan, state, schedule.total_steps))
     return final_eval
 
 
@@ -312,18 +314,35 @@ def _train_and_accumulate(state, window, batch, **step_kwargs):
                    'nonfinite_step': jnp.where(first_bad, step, window['nonfinite_step'])}, step
 
 
-def _eval_and_accumulate(sums, state, batch, **step_kwargs):
-    return metrics.add(sums, steps.eval_step(state, batch, **step_kwargs))
+class Evaluator:
+    """Evaluation sums of a state over the whole eval split (every example once), on the host."""
 
+    def __init__(self, plan: _Plan, task: tasks.Task):
+        self.mesh, self.arrays = plan.mesh, plan.dataset.eval.arrays
+        self.batch_size = _eval_batch_size(plan.config)
+        self.step = functools.partial(steps.eval_step, model=plan.model, task=task,
+                                      rules=plan.rules)
+        replicated = parallel.replicated(plan.mesh)
+        self.accumulate = jax.jit(
+            lambda sums, state, batch: metrics.add(sums, self.step(state, batch)),
+            in_shardings=(replicated, plan.state_shardings, parallel.batch_sharding(plan.mesh)),
+            out_shardings=replicated)
+        self.zeros = None
 
-def _evaluate(state, *, eval_fn, arrays, batch_size: int, mesh, kind: str) -> dict:
-    sums = jax.device_put(metrics.zero_sums(), parallel.replicated(mesh))
-    in_flight = parallel.DispatchLimit()
-    for local_batch in data_lib.eval_batches(arrays, batch_size, jax.process_index(),
-                                             jax.process_count()):
-        sums = eval_fn(sums, state, parallel.global_batch(local_batch, mesh))
-        in_flight.add(sums)
-    return metrics.summarize(sums, kind)
+    def __call__(self, state) -> dict:
+        in_flight = parallel.DispatchLimit()
+        sums = None
+        for local_batch in data_lib.eval_batches(self.arrays, self.batch_size,
+                                                 jax.process_index(), jax.process_count()):
+            batch = parallel.global_batch(local_batch, self.mesh)
+            if sums is None:
+                if self.zeros is None:
+                    self.zeros = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype),
+                                              jax.eval_shape(self.step, state, batch))
+                sums = jax.device_put(self.zeros, parallel.replicated(self.mesh))
+            sums = self.accumulate(sums, state, batch)
+            in_flight.add(sums)
+        return jax.device_get(sums)
 
 
 def _stop_if_nonfinite(window: dict, checkpointer: Checkpointer) -> None:
@@ -341,7 +360,7 @@ def _stop_if_nonfinite(window: dict, checkpointer: Checkpointer) -> None:
 
 def _already_finished(workdir: epath.Path, step: int) -> dict | None:
     evals = [row for row in writers.read_metrics(workdir) if row.get('split') == 'eval']
-    final = {k: v for k, v in evals[-1].items() if k not in ('step', 'split')} if evals else None
+    final = {k: v for k, v in evals[-1].items() if k not in ('step', 'split', 'time')} if evals else None
     log.info('The run in %s already finished at step %d%s. Use a new --workdir, or raise '
              'train.num_steps / train.num_epochs to train on.', workdir, step,
              f' (final eval: {writers.format_values(final)})' if final else '')

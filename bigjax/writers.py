@@ -15,6 +15,7 @@ from etils import epath
 from bigjax import workdir as workdir_lib
 
 METRICS_FILE = 'metrics.jsonl'
+EVAL_DIR = 'eval'  # <workdir>/eval/step_<N>.json: confusion matrix, per-class metrics, ROC
 
 log = logging.getLogger('bigjax')
 
@@ -51,23 +52,41 @@ def read_metrics(workdir) -> list[dict]:
     return rows
 
 
+def details_path(workdir, step: int) -> epath.Path:
+    return epath.Path(workdir) / EVAL_DIR / f'step_{step}.json'
+
+
+def read_latest_details(workdir) -> tuple[int, dict] | None:
+    """(step, details) of the latest eval that wrote classification details, if any."""
+    folder = epath.Path(workdir) / EVAL_DIR
+    found = sorted((int(p.stem.split('_')[1]), p) for p in folder.glob('step_*.json')
+                   if p.stem.split('_')[1].isdigit()) if folder.exists() else []
+    return (found[-1][0], json.loads(found[-1][1].read_text())) if found else None
+
+
 def format_values(values: dict) -> str:
     return ' '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
                     for k, v in values.items())
 
 
 class MetricWriter:
-    """Appends `{"step", "split", ...}` lines to metrics.jsonl and scalars to TensorBoard."""
+    """Appends `{"step", "split", ..., "time"}` lines to metrics.jsonl (time: Unix seconds) and
+    scalars to TensorBoard; eval details go to eval/step_<N>.json."""
 
     def __init__(self, workdir, *, enabled: bool, start_step: int):
-        """On resume (start_step > 0) lines from after the restored step are dropped first."""
+        """On resume (start_step > 0) what was written after the restored step is dropped."""
         self.enabled = enabled
-        self.path = epath.Path(workdir) / METRICS_FILE
+        self.workdir = epath.Path(workdir)
+        self.path = self.workdir / METRICS_FILE
         self.tensorboard = None
         if not enabled:
             return
         kept = [row for row in read_metrics(workdir) if row.get('step', 0) <= start_step]
         workdir_lib.write_atomically(self.path, ''.join(json.dumps(row) + '\n' for row in kept))
+        if (self.workdir / EVAL_DIR).exists():
+            for path in (self.workdir / EVAL_DIR).glob('step_*.json'):
+                if int(path.stem.split('_')[1]) > start_step:
+                    path.unlink()
         from tensorboardX import SummaryWriter
         # TensorBoard hides events at steps >= purge_step that earlier runs left behind.
         self.tensorboard = SummaryWriter(str(epath.Path(workdir) / 'tensorboard'),
@@ -76,12 +95,18 @@ class MetricWriter:
     def write(self, step: int, split: str, values: dict) -> None:
         if not self.enabled:
             return
-        row = {'step': int(step), 'split': split, **values}
+        row = {'step': int(step), 'split': split, **values, 'time': round(time.time(), 3)}
         with self.path.open('a') as f:
             f.write(json.dumps(row) + '\n')
         for name, value in values.items():
             self.tensorboard.add_scalar(f'{split}/{name}', value, int(step))
         self.tensorboard.flush()
+
+    def write_details(self, step: int, details: dict) -> None:
+        if self.enabled:
+            path = details_path(self.workdir, step)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            workdir_lib.write_atomically(path, json.dumps(details))
 
     def close(self) -> None:
         if self.tensorboard is not None:

@@ -16,12 +16,16 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 CONFIGS = sorted(p.stem for p in (REPO / 'configs').glob('*.py'))
 
 
-def load_config(name: str, arg: str | None = None):
-    """configs/<name>.py's get_config(arg), as launch.py's --config=configs/<name>.py[:arg]."""
+def load_config(name: str, arg: str | None = None, *, report: bool = False):
+    """configs/<name>.py's get_config(arg), as launch.py's --config=configs/<name>.py[:arg];
+    without the end-of-run report unless asked (tests/test_report.py covers it; it costs
+    seconds per run)."""
     spec = importlib.util.spec_from_file_location(f'configs_{name}', REPO / 'configs' / f'{name}.py')
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
+    config = module.get_config(arg) if arg else module.get_config()
+    config.report.enabled = report
+    return config
 
 
 @pytest.fixture(scope='session', autouse=True)

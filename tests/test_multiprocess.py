@@ -1,4 +1,5 @@
-"""Two local processes joined by jax.distributed (CPU, 4 devices each) train like one."""
+"""Two local processes joined by jax.distributed (CPU, 4 devices each) train like one and write
+the same report."""
 
 import os
 import socket
@@ -42,3 +43,6 @@ def test_two_processes_train_like_one(tmp_path):
     assert [row[:2] for row in two] == [row[:2] for row in one] and len(one) >= 4
     np.testing.assert_allclose([row[2] for row in two], [row[2] for row in one], rtol=1e-5)
     assert (tmp_path / 'two' / 'checkpoints' / '8').is_dir()
+    # The report runs the model on parameters spread over both processes; process 0 writes it.
+    pages = [(tmp_path / run / 'report.html').read_text() for run in ('one', 'two')]
+    assert pages[1].count('<img ') == pages[0].count('<img ') > 0

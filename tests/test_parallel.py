@@ -63,7 +63,7 @@ def lm_setup(mesh, microbatches=1, **cfg_overrides):
     model = TransformerLM(cfg, vocab_size=64)
     tx = optim.build_optimizer(default_config().optim, 10)
     rules = parallel.sharding_rules(default_config())
-    task = tasks.Task('text_lm', tasks._lm_inputs, tasks._lm_sums)
+    task = tasks.Task('text_lm', tasks._lm_inputs, tasks._lm_sums, tasks._lm_sums)
     init = functools.partial(steps.init_state, model=model, tx=tx,
                              sample_input=jnp.zeros((1, 16), jnp.int32), rules=rules)
     shardings = parallel.state_shardings(jax.eval_shape(init, jax.random.PRNGKey(0)), mesh, rules)

@@ -44,6 +44,7 @@ class Dataset:
     train: Split
     eval: Split
     num_classes: int = 0  # classification kinds
+    class_names: tuple = ()  # classification kinds: one per class
     image_shape: tuple = ()  # 'image'
     pixel_max: float = 0.0  # 'image': the largest pixel value
     seq_len: int = 0  # text kinds
@@ -89,7 +90,8 @@ def _synthetic(data_config) -> Dataset:
         make = lambda rng, n: {
             'image': rng.integers(0, 256, (n, *shape), dtype=np.uint8),
             'label': rng.integers(0, syn.num_classes, n).astype(np.int32)}
-        extra = dict(num_classes=syn.num_classes, image_shape=shape, pixel_max=255.0)
+        extra = dict(num_classes=syn.num_classes, image_shape=shape, pixel_max=255.0,
+                     class_names=tuple(str(c) for c in range(syn.num_classes)))
 
     def split(num_examples, seed):
         return Split(num_examples, lambda: make(np.random.default_rng(seed), num_examples))
@@ -120,7 +122,8 @@ def _images(builder, data_config) -> Dataset:
 
     metadata = builder.info.metadata or {}
     return Dataset(name, 'image', split(data_config.train_split), split(data_config.eval_split),
-                   num_classes=features['label'].num_classes, image_shape=shape,
+                   num_classes=features['label'].num_classes,
+                   class_names=tuple(features['label'].names), image_shape=shape,
                    pixel_max=float(metadata.get('pixel_max', 255)))
 
 
@@ -134,7 +137,7 @@ def _text(builder, data_config) -> Dataset:
         'classification' if t.label_feature in features else 'lm')
     if task not in ('lm', 'classification'):
         raise UserError(f'data.text.task={t.task!r} is not one of auto, lm, classification')
-    num_classes = _num_classes(features, t.label_feature) if task == 'classification' else 0
+    class_names = _class_names(features, t.label_feature) if task == 'classification' else ()
     train = sources.open_split(builder, data_config.train_split, data_config)
     eval_ = sources.open_split(builder, data_config.eval_split, data_config)
     cleaning = {'unicode_form': t.unicode_form, 'whitespace': t.whitespace,
@@ -162,19 +165,20 @@ def _text(builder, data_config) -> Dataset:
         return Split(len(arrays['tokens']), lambda: arrays)
 
     return Dataset(data_config.name, f'text_{task}', split(train), split(eval_),
-                   num_classes=num_classes, seq_len=t.seq_len, vocab_size=tokenizer.vocab_size,
+                   num_classes=len(class_names), class_names=class_names, seq_len=t.seq_len,
+                   vocab_size=tokenizer.vocab_size,
                    tokenizer=tokenizer)
 
 
-def _num_classes(features, label_feature: str) -> int:
+def _class_names(features, label_feature: str) -> tuple[str, ...]:
     if label_feature not in features:
         raise UserError(f'data.text.task is classification but the dataset has no feature '
                         f'{label_feature!r} (data.text.label_feature)')
     feature = features[label_feature]
-    if hasattr(feature, 'num_classes'):
-        return feature.num_classes
+    if hasattr(feature, 'names'):
+        return tuple(feature.names)
     if np.dtype(feature.np_dtype) == np.bool_:
-        return 2
+        return ('false', 'true')
     raise UserError(f'feature {label_feature!r} is neither a ClassLabel nor a bool: it cannot '
                     'be a classification label')
 

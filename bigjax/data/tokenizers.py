@@ -24,6 +24,10 @@ class Tokenizer(Protocol):
 
     def decode(self, ids) -> str: ...
 
+    def token_lengths(self) -> tuple[np.ndarray, np.ndarray]:
+        """(UTF-8 bytes, characters) each id stands for, int32 (vocab_size,): summed over a
+        text's ids they give its length, for bits per byte/character."""
+
 
 class ByteTokenizer:
     """UTF-8 bytes shifted past the two special ids: vocabulary of 258."""
@@ -41,6 +45,9 @@ class ByteTokenizer:
         return bytes((ids[ids >= self._offset] - self._offset).astype(np.uint8)).decode(
             'utf-8', errors='replace')
 
+    def token_lengths(self) -> tuple[np.ndarray, np.ndarray]:
+        return _lengths([b''] * self._offset + [bytes([b]) for b in range(256)])
+
 
 class BpeTokenizer:
     """A byte-level BPE model (Hugging Face `tokenizers`) from its JSON serialisation."""
@@ -56,6 +63,30 @@ class BpeTokenizer:
 
     def decode(self, ids) -> str:
         return self._tokenizer.decode([int(i) for i in ids if i != PAD_ID and i != EOS_ID])
+
+    def token_lengths(self) -> tuple[np.ndarray, np.ndarray]:
+        to_byte = {char: byte for byte, char in _byte_level_chars().items()}
+        tokens = [b''] * self.vocab_size
+        for token, index in self._tokenizer.get_vocab().items():
+            if index not in (PAD_ID, EOS_ID):
+                tokens[index] = bytes(to_byte[char] for char in token)
+        return _lengths(tokens)
+
+
+def _byte_level_chars() -> dict[int, str]:
+    """The printable character byte-level BPE writes for each byte (GPT-2's convention:
+    printable Latin-1 bytes stand for themselves, the rest map to code points from 256 on)."""
+    printable = [*range(ord('!'), ord('~') + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{b: chr(b) for b in printable}, **{b: chr(256 + i) for i, b in enumerate(others)}}
+
+
+def _lengths(tokens: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """Bytes per token, and characters per token counted as the bytes that start a UTF-8
+    character (so a character split across tokens is counted once)."""
+    num_bytes = np.asarray([len(t) for t in tokens], np.int32)
+    num_chars = np.asarray([sum((b & 0xC0) != 0x80 for b in t) for t in tokens], np.int32)
+    return num_bytes, num_chars
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int) -> str:

@@ -134,9 +134,27 @@ def _attend(q_BTHK, k_BSGK, v_BSGK, positions_T, causal: bool, key_valid_BS) -> 
     the query axis, so it is two plain batched matrix products over N = B * G (the layout
     XLA:CPU runs fastest; grouped-query attention comes for free)."""
     groups, repeats = k_BSGK.shape[2], q_BTHK.shape[2] // k_BSGK.shape[2]
+    v_NSK = einops.rearrange(v_BSGK, 'b s g k -> (b g) s k')
+    probs_NQS = _stacked_weights(q_BTHK, k_BSGK, positions_T, causal,
+                                 key_valid_BS).astype(v_NSK.dtype)
+    out_NQK = einops.einsum(probs_NQS, v_NSK, 'n q s, n s k -> n q k')
+    return einops.rearrange(out_NQK, '(b g) (r t) k -> b t (g r) k', g=groups, r=repeats)
+
+
+def attention_weights(q_BTHK, k_BSGK, *, causal: bool, key_valid_BS=None) -> jax.Array:
+    """The softmax weights einops_attention uses, per head: (B, H, T, S) float32 (for
+    pictures; queries start at position 0)."""
+    groups, repeats = k_BSGK.shape[2], q_BTHK.shape[2] // k_BSGK.shape[2]
+    probs_NQS = _stacked_weights(q_BTHK, k_BSGK, jnp.arange(q_BTHK.shape[1]), causal,
+                                 key_valid_BS)
+    return einops.rearrange(probs_NQS, '(b g) (r t) s -> b (g r) t s', g=groups, r=repeats)
+
+
+def _stacked_weights(q_BTHK, k_BSGK, positions_T, causal: bool, key_valid_BS) -> jax.Array:
+    """Masked softmax weights in the stacked layout of _attend: (N = B * G, Q = R * T, S)."""
+    groups, repeats = k_BSGK.shape[2], q_BTHK.shape[2] // k_BSGK.shape[2]
     q_NQK = einops.rearrange(q_BTHK, 'b t (g r) k -> (b g) (r t) k', g=groups)
     k_NSK = einops.rearrange(k_BSGK, 'b s g k -> (b g) s k')
-    v_NSK = einops.rearrange(v_BSGK, 'b s g k -> (b g) s k')
     scores_NQS = einops.einsum(q_NQK, k_NSK, 'n q k, n s k -> n q s').astype(jnp.float32)
     scores_NQS = scores_NQS / jnp.sqrt(jnp.float32(q_BTHK.shape[-1]))
     allowed = jnp.ones((1, 1, 1), bool)
@@ -146,9 +164,7 @@ def _attend(q_BTHK, k_BSGK, v_BSGK, positions_T, causal: bool, key_valid_BS) -> 
     if key_valid_BS is not None:
         allowed = allowed & einops.repeat(key_valid_BS, 'b s -> (b g) 1 s', g=groups)
     scores_NQS = jnp.where(allowed, scores_NQS, jnp.finfo(jnp.float32).min)
-    probs_NQS = jax.nn.softmax(scores_NQS, axis=-1).astype(v_NSK.dtype)
-    out_NQK = einops.einsum(probs_NQS, v_NSK, 'n q s, n s k -> n q k')
-    return einops.rearrange(out_NQK, '(b g) (r t) k -> b t (g r) k', g=groups, r=repeats)
+    return jax.nn.softmax(scores_NQS, axis=-1)
 
 
 def library_attention(q_BTHK, k_BSGK, v_BSGK, *, causal: bool, query_offset=0,
@@ -197,6 +213,10 @@ class Attention(nn.Module):
         query_offset = 0
         if decode:
             k_BTGK, v_BTGK, query_offset = self._extend_cache(k_BTGK, v_BTGK)
+        if self.is_mutable_collection('intermediates') and not decode:  # for pictures
+            self.sow('intermediates', 'attention_weights',
+                     attention_weights(q_BTHK, k_BTGK, causal=self.causal,
+                                       key_valid_BS=key_valid_BS))
         attend = einops_attention if cfg.attention == 'einops' else library_attention
         out_BTHK = _constrain(attend(q_BTHK, k_BTGK, v_BTGK, causal=self.causal,
                                      query_offset=query_offset, key_valid_BS=key_valid_BS),
