@@ -37,6 +37,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.text.unicode_form = 'NFC'  # unicode normalisation; '' = none
     c.data.text.whitespace = 'lines'  # 'keep' | 'lines' (strip line ends) | 'collapse' (prose)
     c.data.text.drop_duplicates = True  # drop exact duplicate documents (after cleaning)
+    c.data.classes = ()  # classification: keep these class ids only, relabelled 0.. in this order
+    c.data.train_per_class = 0  # classification: > 0 keeps the first N train examples per class
     c.data.prefetch = 2  # batches prepared on device ahead of the step; 0 = none
     c.data.synthetic = ml_collections.ConfigDict()  # shapes for data.name == 'synthetic'
     c.data.synthetic.kind = 'image'  # 'image' | 'text_lm' (windows of data.text.seq_len + 1)
@@ -76,6 +78,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.transformer.remat = False  # recompute block activations in the backward pass
     c.model.transformer.patch_size = 4  # vit
     c.model.transformer.pool = 'cls'  # classifier/vit: 'cls' | 'mean'
+    c.model.transformer.lora_rank = 0  # > 0: LoRA adapters; only they, the head and the class
+    c.model.transformer.lora_alpha = 16.0  # token train (bigjax/finetune.py)
+    c.model.transformer.lora_targets = ('qkv', 'out')  # of qkv, out, up, gate, down
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = 'adam'  # 'sgd' | 'momentum' | 'adam' | 'adamw'
@@ -92,6 +97,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.optim.step_every = 1000  # 'step': multiply the rate by step_factor every step_every steps
     c.optim.step_factor = 0.1
     c.optim.end_lr_ratio = 0.0  # 'cosine': final rate as a fraction of the peak
+    c.optim.lr_multipliers = ()  # ((regex, factor), ...): rate x factor for the parameters a
+    # regex matches (first match wins), e.g. (('encoder/.*', 0.1),) for a slower backbone
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 64  # global batch, split over processes and devices
@@ -106,6 +113,13 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.peak_flops = 0.0  # FLOP/s of all devices for MFU; 0 = chip table, or measured on CPU
     c.train.profile_start_step = 0  # > 0: jax.profiler trace of profile_steps steps from here
     c.train.profile_steps = 5
+
+    c.init_from = ml_collections.ConfigDict()  # start from a pretrained checkpoint (finetune.py)
+    c.init_from.path = ''  # a workdir (its checkpoints/<step>) or a checkpoint folder; '' = none
+    c.init_from.step = -1  # -1 = the latest
+    c.init_from.skip = ()  # regexes of parameters to initialise fresh even if present (new head)
+    c.init_from.resize = ()  # regexes of parameters to interpolate to a new shape (positions)
+    c.frozen = ()  # regexes of parameter names ('encoder/.*') not to train; no optimizer state
 
     c.report = ml_collections.ConfigDict()  # <workdir>/report.html (bigjax/report.py)
     c.report.enabled = True  # write it at the end of the run (launch.py --mode=report: any time)

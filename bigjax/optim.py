@@ -2,9 +2,14 @@
 
 Weight decay touches only kernels (parameters with 2+ dimensions), never biases or norm scales.
 For sgd/momentum/adam it is L2 regularisation (decay * param added to the gradient); for adamw
-it is decoupled decay.
+it is decoupled decay. Frozen parameters (a predicate on their '/'-joined names) get zero
+updates and no optimizer state; `lr_multipliers` scale the rate of the parameters they match.
 """
 
+import re
+from typing import Callable
+
+import flax.linen as nn
 import jax
 import optax
 
@@ -45,26 +50,62 @@ def kernels_only(params):
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def build_optimizer(optim_config, total_steps: int) -> optax.GradientTransformation:
-    """clip (optional) -> L2 decay (optional, not adamw) -> optimizer with its schedule."""
+def _name(path) -> str:
+    return '/'.join(str(getattr(k, 'key', k)) for k in path)
+
+
+def _by_name(fn: Callable[[str, object], object]):
+    """A function of a params tree mapping each array to fn(name, array); a parameter still in
+    its logical-axis box (as at init) counts as one leaf, named without the box."""
+    def unboxed(leaf):
+        return leaf.value if isinstance(leaf, nn.meta.AxisMetadata) else leaf
+    return lambda params: jax.tree_util.tree_map_with_path(
+        lambda path, leaf: fn(_name(path), unboxed(leaf)), params,
+        is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+
+
+def _optimizer(c, schedule) -> optax.GradientTransformation:
+    if c.name == 'sgd':
+        return optax.sgd(schedule)
+    if c.name == 'momentum':
+        return optax.sgd(schedule, momentum=c.momentum, nesterov=c.nesterov)
+    if c.name == 'adam':
+        return optax.adam(schedule, b1=c.b1, b2=c.b2, eps=c.eps)
+    if c.name == 'adamw':
+        return optax.adamw(schedule, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay,
+                           mask=kernels_only)
+    raise UserError(f'optim.name={c.name!r} is not one of {OPTIMIZERS}')
+
+
+def build_optimizer(optim_config, total_steps: int,
+                    frozen: Callable[[str], bool] | None = None) -> optax.GradientTransformation:
+    """[zero frozen grads] -> clip (optional) -> L2 decay (optional, not adamw) -> optimizer with
+    its schedule, per learning-rate group (frozen ones: none, so no state)."""
     c = optim_config
     schedule = learning_rate_schedule(c, total_steps)
-    if c.name == 'sgd':
-        optimizer = optax.sgd(schedule)
-    elif c.name == 'momentum':
-        optimizer = optax.sgd(schedule, momentum=c.momentum, nesterov=c.nesterov)
-    elif c.name == 'adam':
-        optimizer = optax.adam(schedule, b1=c.b1, b2=c.b2, eps=c.eps)
-    elif c.name == 'adamw':
-        optimizer = optax.adamw(schedule, b1=c.b1, b2=c.b2, eps=c.eps,
-                                weight_decay=c.weight_decay, mask=kernels_only)
-    else:
-        raise UserError(f'optim.name={c.name!r} is not one of {OPTIMIZERS}')
+    optimizer = _optimizer(c, schedule)
     if c.weight_decay < 0 or c.grad_clip_norm < 0:
         raise UserError('optim.weight_decay and optim.grad_clip_norm must be >= 0')
+    multipliers = [(re.compile(pattern), factor) for pattern, factor in c.lr_multipliers]
     parts = []
+    decay_mask = kernels_only
+    if frozen is not None:
+        parts.append(optax.masked(optax.set_to_zero(), _by_name(lambda n, _: frozen(n))))
+        decay_mask = _by_name(lambda n, p: p.ndim > 1 and not frozen(n))
     if c.grad_clip_norm > 0:
         parts.append(optax.clip_by_global_norm(c.grad_clip_norm))
     if c.weight_decay > 0 and c.name != 'adamw':
-        parts.append(optax.add_decayed_weights(c.weight_decay, mask=kernels_only))
-    return optax.chain(*parts, optimizer)
+        parts.append(optax.add_decayed_weights(c.weight_decay, mask=decay_mask))
+    if frozen is None and not multipliers:
+        return optax.chain(*parts, optimizer)
+
+    def label(name: str, _) -> str:
+        if frozen is not None and frozen(name):
+            return 'frozen'
+        return next((f'x{factor}' for pattern, factor in multipliers
+                     if pattern.fullmatch(name)), 'x1')
+
+    groups = {'frozen': optax.set_to_zero(), 'x1': optimizer}
+    for _, factor in multipliers:
+        groups[f'x{factor}'] = _optimizer(c, lambda step, f=factor: schedule(step) * f)
+    return optax.chain(*parts, optax.multi_transform(groups, _by_name(label)))

@@ -60,6 +60,21 @@ def state_shardings(abstract_state, mesh: Mesh, rules: tuple):
     return nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract_state), mesh, rules)
 
 
+def check_divisible(abstract_params, shardings) -> None:
+    """Raises UserError for a parameter whose sharded dimensions the mesh cannot split evenly."""
+    for (path, leaf), sharding in zip(jax.tree_util.tree_flatten_with_path(abstract_params)[0],
+                                      jax.tree.leaves(shardings)):
+        for size, axes in zip(leaf.shape, sharding.spec):
+            names = axes if isinstance(axes, tuple) else (axes,)
+            ways = math.prod(sharding.mesh.shape[a] for a in names if a is not None)
+            if size % ways:
+                name = '/'.join(str(getattr(k, 'key', k)) for k in path)
+                raise UserError(
+                    f'parameter {name} {tuple(leaf.shape)} cannot be split {ways} ways over mesh '
+                    f'axes {axes} (dimension {size}): change config.mesh or the model size, or '
+                    'map that logical axis to None in config.sharding_rules')
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 

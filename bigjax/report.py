@@ -22,7 +22,7 @@ import numpy as np
 from etils import epath
 
 from bigjax import data as data_lib
-from bigjax import metrics, parallel, tasks, viz, writers
+from bigjax import finetune, metrics, parallel, tasks, viz, writers
 from bigjax import workdir as workdir_lib
 from bigjax.data import augment
 from bigjax.data.tokenizers import EOS_ID, PAD_ID
@@ -106,18 +106,21 @@ def _table(header: list[str], rows: list[list], numeric_from: int = 1) -> str:
 
 def _summary(plan, rows: list[dict], step: int) -> str:
     total = plan.schedule.total_steps
-    num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(plan.abstract_state.params))
+    trainable, num_params = finetune.parameter_counts(plan.abstract_state.params, plan.frozen)
     facts = [
         ['workdir', str(plan.workdir)],
         ['status', f'finished: step {step} of {total}' if step >= total
          else f'in progress: checkpoint at step {step} of {total}'],
         ['data', f'{plan.dataset.name} ({plan.dataset.kind}): {len(plan.dataset.train)} train, '
                  f'{len(plan.dataset.eval)} eval examples'],
-        ['model', f'{plan.config.model.name}: {num_params:,} parameters'],
+        ['model', f'{plan.config.model.name}: {num_params:,} parameters, {trainable:,} '
+                  'trainable'],
         ['mesh', ', '.join(f'{k}={v}' for k, v in plan.mesh.shape.items())
          + f' over {plan.mesh.devices.size} {jax.devices()[0].platform} device(s), '
            f'{jax.process_count()} process(es)'],
     ]
+    if plan.load_plan:
+        facts.append(['initialised from', plan.load_plan.describe()])
     times = [r['time'] for r in rows if 'time' in r]
     if len(times) > 1:
         facts.append(['wall time (first to last metrics line)',

@@ -18,7 +18,7 @@ from etils import epath
 
 from bigjax import config as config_lib
 from bigjax import data as data_lib
-from bigjax import metrics, models, optim, parallel, perf, steps, tasks, writers
+from bigjax import finetune, metrics, models, optim, parallel, perf, steps, tasks, writers
 from bigjax import workdir as workdir_lib
 from bigjax.checkpoint import Checkpointer
 from bigjax.data import augment
@@ -71,6 +71,8 @@ class _Plan:
     state_shardings: Any  # same tree as abstract_state
     flops_per_example: float  # training FLOPs, 0 where there is no formula (the CNN)
     peak_flops: float  # of all devices; 0 without a FLOPs formula
+    frozen: Any  # parameter name -> not trained
+    load_plan: Any  # finetune.LoadPlan of config.init_from, or None
 
 
 def run(config, workdir, *, stop_at_step: int | None = None) -> dict | None:
@@ -142,20 +144,27 @@ def _plan(config, workdir) -> _Plan:
     model = models.build_model(
         config.model, dataset.kind, num_classes=dataset.num_classes,
         vocab_size=dataset.vocab_size)
-    tx = optim.build_optimizer(config.optim, schedule.total_steps)
+    lora = config.model.name != 'cnn' and config.model.transformer.lora_rank > 0
+    frozen = finetune.frozen_predicate(config) if config.frozen or lora else None
+    tx = optim.build_optimizer(config.optim, schedule.total_steps, frozen)
     init = functools.partial(steps.init_state, model=model, tx=tx,
                              sample_input=tasks.sample_input(dataset), rules=rules)
     boxed_state = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
     abstract_state = nn.unbox(boxed_state)
+    finetune.check_patterns(config, abstract_state.params)
+    load_plan = finetune.plan_load(config.init_from, abstract_state) if config.init_from.path \
+        else None
     flops_per_example, peak = 0.0, 0.0
     if isinstance(model, models.TRANSFORMERS):  # MFU has a formula.
         length = model.sequence_length(tasks.sample_input(dataset).shape)
         flops_per_example = length * perf.train_flops_per_token(
             abstract_state.params, model.cfg, length, causal=model.causal)
         peak = perf.peak_flops(config.train.peak_flops)
+    state_shardings = parallel.state_shardings(boxed_state, mesh, rules)
+    parallel.check_divisible(abstract_state.params, state_shardings.params)
     return _Plan(config, workdir, mesh, rules, dataset, schedule, model, tx, init,
-                 abstract_state, parallel.state_shardings(boxed_state, mesh, rules),
-                 flops_per_example, peak)
+                 abstract_state, state_shardings, flops_per_example, peak,
+                 frozen or (lambda name: False), load_plan)
 
 
 def _train(plan: _Plan, checkpointer: Checkpointer, latest: int | None,
@@ -168,9 +177,15 @@ def _train(plan: _Plan, checkpointer: Checkpointer, latest: int | None,
                                              jax.process_count())
     replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     config_json = json.loads(config.to_json_best_effort())
+    trainable, total = finetune.parameter_counts(plan.abstract_state.params, plan.frozen)
+    log.info('Parameters: %s trainable of %s', f'{trainable:,}', f'{total:,}')
     if latest is None:
-        state = jax.jit(lambda rng: nn.unbox(plan.init(rng)),
-                        out_shardings=plan.state_shardings)(jax.random.PRNGKey(config.seed))
+        loaded = finetune.load(plan.load_plan) if plan.load_plan else {}
+        state = jax.jit(lambda rng, loaded: finetune.with_loaded(nn.unbox(plan.init(rng)), loaded),
+                        out_shardings=plan.state_shardings)(jax.random.PRNGKey(config.seed),
+                                                            loaded)
+        if plan.load_plan:
+            log.info('%s', plan.load_plan.describe())
         window = jax.device_put(_empty_window(), replicated)
     else:
         state, window = _restore(plan, checkpointer, latest, train_iter, config_json)

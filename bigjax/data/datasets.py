@@ -53,7 +53,50 @@ class Dataset:
 
 
 def open_dataset(data_config) -> Dataset:
-    """The configured dataset; image splits are decoded lazily, text splits are ready."""
+    """The configured dataset (restricted to data.classes / data.train_per_class if set);
+    image splits are decoded lazily unless restricted, text splits are ready."""
+    dataset = _open(data_config)
+    if data_config.classes or data_config.train_per_class:
+        return select(dataset, tuple(data_config.classes), data_config.train_per_class)
+    return dataset
+
+
+def select(dataset: Dataset, classes: tuple, train_per_class: int) -> Dataset:
+    """Only the examples of `classes` (all if empty), relabelled 0, 1, ... in that order, and
+    at most the first `train_per_class` training examples of each (all if 0)."""
+    if dataset.kind == 'text_lm':
+        raise UserError('data.classes and data.train_per_class select classification examples; '
+                        f'{dataset.name!r} is language-model text')
+    classes = classes or tuple(range(dataset.num_classes))
+    if len(set(classes)) != len(classes) or not all(0 <= c < dataset.num_classes
+                                                    for c in classes) or train_per_class < 0:
+        raise UserError(f'data.classes={classes} must be distinct class ids in [0, '
+                        f'{dataset.num_classes}) and data.train_per_class >= 0')
+    new_label = np.full(dataset.num_classes, -1, np.int32)
+    new_label[list(classes)] = np.arange(len(classes))
+
+    def subset(split: Split, per_class: int, split_name: str) -> Split:
+        arrays = split.arrays
+        labels = new_label[arrays['label']]
+        rows = np.flatnonzero(labels >= 0)
+        if per_class:
+            rows = np.sort(np.concatenate([rows[labels[rows] == c][:per_class]
+                                           for c in range(len(classes))]))
+        missing = sorted(set(range(len(classes))) - set(labels[rows].tolist()))
+        if missing:
+            raise UserError(f'data.classes: the {split_name} split has no examples of class '
+                            f'{classes[missing[0]]}')
+        picked = {k: v[rows] for k, v in arrays.items()}
+        picked['label'] = labels[rows]
+        return Split(len(rows), lambda: picked)
+
+    return dataclasses.replace(
+        dataset, train=subset(dataset.train, train_per_class, 'train'),
+        eval=subset(dataset.eval, 0, 'eval'), num_classes=len(classes),
+        class_names=tuple(dataset.class_names[c] for c in classes))
+
+
+def _open(data_config) -> Dataset:
     if data_config.name == 'synthetic':
         return _synthetic(data_config)
     builder = sources.open_builder(data_config)

@@ -24,6 +24,7 @@ MLPS = ('gelu', 'swiglu')
 POSITIONS = ('learned', 'rope')
 ATTENTIONS = ('einops', 'dot_product')
 POOLS = ('cls', 'mean')
+LORA_TARGETS = ('qkv', 'out', 'up', 'gate', 'down')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +48,9 @@ class TransformerConfig:
     remat: bool = False  # recompute each block's activations in the backward pass
     patch_size: int = 4  # ViT
     pool: str = 'cls'  # classifier and ViT: the class token, or the mean of the tokens
+    lora_rank: int = 0  # > 0: low-rank adapters on lora_targets (bigjax/finetune.py)
+    lora_alpha: float = 16.0  # adapter output scale alpha / rank
+    lora_targets: tuple = ('qkv', 'out')  # projections that get adapters (LORA_TARGETS)
 
     @property
     def kv_heads(self) -> int:
@@ -78,6 +82,9 @@ class TransformerConfig:
             raise UserError(f'rotary positions need an even head width, got {self.head_dim}')
         if not 0 <= self.dropout < 1:
             raise UserError(f'model.transformer.dropout={self.dropout} must be in [0, 1)')
+        if self.lora_rank < 0 or not set(self.lora_targets) <= set(LORA_TARGETS):
+            raise UserError(f'model.transformer.lora_rank={self.lora_rank} must be >= 0 and '
+                            f'lora_targets={self.lora_targets} a subset of {LORA_TARGETS}')
 
 
 def _init(init_fn, *axes):
@@ -86,6 +93,25 @@ def _init(init_fn, *axes):
 
 def _constrain(x, *axes):
     return nn.with_logical_constraint(x, axes)
+
+
+def _lora(module: nn.Module, cfg: 'TransformerConfig', target: str, x_NI, kernel_in: tuple,
+          kernel_out: tuple, in_axes: tuple, out_axes: tuple):
+    """LoRA's alpha / rank * (x @ a) @ b for the projection `target` (kernel shape
+    kernel_in + kernel_out), or None where it has no adapter. b starts at zero, so an adapted
+    model computes exactly what its base model does until it trains."""
+    if cfg.lora_rank == 0 or target not in cfg.lora_targets:
+        return None
+    rank, dtype = cfg.lora_rank, DTYPES[cfg.param_dtype]
+    a = module.param(f'{target}_lora_a', _init(nn.initializers.lecun_normal(
+        in_axis=tuple(range(len(kernel_in))), out_axis=-1), *in_axes, None),
+        (*kernel_in, rank), dtype)
+    b = module.param(f'{target}_lora_b', _init(nn.initializers.zeros, None, *out_axes),
+                     (rank, *kernel_out), dtype)
+    compute = DTYPES[cfg.dtype]
+    h_NR = x_NI.reshape(x_NI.shape[0], -1).astype(compute) @ a.reshape(-1, rank).astype(compute)
+    delta = (h_NR @ b.reshape(rank, -1).astype(compute)) * (cfg.lora_alpha / rank)
+    return delta.reshape(x_NI.shape[0], *kernel_out)
 
 
 def _norm(cfg: TransformerConfig, name: str) -> nn.Module:
@@ -203,6 +229,10 @@ class Attention(nn.Module):
             (groups, repeats + 2, cfg.head_dim), dtype=DTYPES[cfg.dtype],
             param_dtype=DTYPES[cfg.param_dtype], use_bias=False, name='qkv',
             kernel_init=_init(nn.initializers.lecun_normal(), 'embed', 'heads', None, 'kv'))(x_ND)
+        adapter = _lora(self, cfg, 'qkv', x_ND, (width,), (groups, repeats + 2, cfg.head_dim),
+                        ('embed',), ('heads', None, 'kv'))
+        if adapter is not None:
+            qkv_NGCK = qkv_NGCK + adapter.astype(qkv_NGCK.dtype)
         qkv_BTGCK = qkv_NGCK.reshape(batch, length, groups, repeats + 2, cfg.head_dim)
         q_BTHK = _constrain(einops.rearrange(qkv_BTGCK[:, :, :, :repeats],
                                              'b t g r k -> b t (g r) k'),
@@ -221,11 +251,15 @@ class Attention(nn.Module):
         out_BTHK = _constrain(attend(q_BTHK, k_BTGK, v_BTGK, causal=self.causal,
                                      query_offset=query_offset, key_valid_BS=key_valid_BS),
                               'batch', 'length', 'heads', 'kv')
+        out_NHK = out_BTHK.reshape(batch * length, cfg.num_heads, cfg.head_dim)
         out_ND = nn.DenseGeneral(width, axis=(-2, -1), dtype=DTYPES[cfg.dtype],
                                  param_dtype=DTYPES[cfg.param_dtype], use_bias=False, name='out',
                                  kernel_init=_init(nn.initializers.lecun_normal(),
-                                                   'heads', 'kv', 'embed'))(
-            out_BTHK.reshape(batch * length, cfg.num_heads, cfg.head_dim))
+                                                   'heads', 'kv', 'embed'))(out_NHK)
+        adapter = _lora(self, cfg, 'out', out_NHK, (cfg.num_heads, cfg.head_dim), (width,),
+                        ('heads', 'kv'), ('embed',))
+        if adapter is not None:
+            out_ND = out_ND + adapter.astype(out_ND.dtype)
         return out_ND.reshape(batch, length, width)
 
     def _extend_cache(self, k_BTGK, v_BTGK):
@@ -251,9 +285,16 @@ class Mlp(nn.Module):
     @nn.compact
     def __call__(self, x_BTD):
         cfg = self.cfg
-        dense = lambda features, axes, name: nn.Dense(
-            features, dtype=DTYPES[cfg.dtype], param_dtype=DTYPES[cfg.param_dtype], name=name,
-            use_bias=False, kernel_init=_init(nn.initializers.lecun_normal(), *axes))
+        def dense(features, axes, name):
+            def apply(x_NI):
+                y_NO = nn.Dense(features, dtype=DTYPES[cfg.dtype],
+                                param_dtype=DTYPES[cfg.param_dtype], name=name, use_bias=False,
+                                kernel_init=_init(nn.initializers.lecun_normal(), *axes))(x_NI)
+                adapter = _lora(self, cfg, name, x_NI, (x_NI.shape[-1],), (features,),
+                                axes[:1], axes[1:])
+                return y_NO if adapter is None else y_NO + adapter.astype(y_NO.dtype)
+            return apply
+
         x_ND = x_BTD.reshape(-1, cfg.width)
         h_NF = dense(cfg.mlp_dim, ('embed', 'mlp'), 'up')(x_ND)
         if cfg.mlp == 'swiglu':
@@ -338,37 +379,30 @@ class TransformerLM(nn.Module):
         return _constrain(logits_BTV.astype(jnp.float32), 'batch', 'length', 'vocab')
 
 
-class _ClassifierHead(nn.Module):
-    """Pools the encoded tokens (class token or masked mean) and maps them to class logits."""
-
-    cfg: TransformerConfig
-    num_classes: int
-
-    @nn.compact
-    def __call__(self, x_BTD, valid_BT, train: bool):
-        cfg = self.cfg
-        class_token = self.param('class_token', _init(nn.initializers.zeros, None, None, 'embed'),
-                                 (1, 1, cfg.width), DTYPES[cfg.param_dtype])
-        batch = x_BTD.shape[0]
-        x_BTD = jnp.concatenate([jnp.broadcast_to(class_token, (batch, 1, cfg.width)).astype(
-            x_BTD.dtype), x_BTD], 1)
-        valid_BT = jnp.concatenate([jnp.ones((batch, 1), bool), valid_BT], 1)
-        length = x_BTD.shape[1]
-        if length > cfg.max_len:
-            raise UserError(f'{length} tokens (class token included) exceed '
-                            f'model.transformer.max_len={cfg.max_len}')
-        positions_BT = jnp.broadcast_to(jnp.arange(length), (batch, length))
-        x_BTD = Encoder(cfg, causal=False, name='encoder')(x_BTD, valid_BT, positions_BT, train)
-        if cfg.pool == 'cls':
-            pooled_BD = x_BTD[:, 0]
-        else:
-            weight_BT1 = valid_BT[..., None].astype(x_BTD.dtype)
-            pooled_BD = (x_BTD * weight_BT1).sum(1) / weight_BT1.sum(1)
-        return nn.Dense(self.num_classes, dtype=DTYPES[cfg.dtype],
-                        param_dtype=DTYPES[cfg.param_dtype], name='head',
-                        kernel_init=_init(nn.initializers.zeros, 'embed', None),
-                        bias_init=_init(nn.initializers.zeros, None))(pooled_BD).astype(
-                            jnp.float32)
+def _classify(module: nn.Module, cfg: TransformerConfig, num_classes: int, x_BTD, valid_BT,
+              train: bool):
+    """Class token + encoder + pooling + head, with their parameters at the top of `module`
+    (class_token, encoder, head), so an LM's encoder loads into a classifier by name."""
+    class_token = module.param('class_token', _init(nn.initializers.zeros, None, None, 'embed'),
+                               (1, 1, cfg.width), DTYPES[cfg.param_dtype])
+    batch = x_BTD.shape[0]
+    x_BTD = jnp.concatenate([jnp.broadcast_to(class_token, (batch, 1, cfg.width)).astype(
+        x_BTD.dtype), x_BTD], 1)
+    valid_BT = jnp.concatenate([jnp.ones((batch, 1), bool), valid_BT], 1)
+    length = x_BTD.shape[1]
+    if length > cfg.max_len:
+        raise UserError(f'{length} tokens (class token included) exceed '
+                        f'model.transformer.max_len={cfg.max_len}')
+    positions_BT = jnp.broadcast_to(jnp.arange(length), (batch, length))
+    x_BTD = Encoder(cfg, causal=False, name='encoder')(x_BTD, valid_BT, positions_BT, train)
+    if cfg.pool == 'cls':
+        pooled_BD = x_BTD[:, 0]
+    else:
+        weight_BT1 = valid_BT[..., None].astype(x_BTD.dtype)
+        pooled_BD = (x_BTD * weight_BT1).sum(1) / weight_BT1.sum(1)
+    return nn.Dense(num_classes, dtype=DTYPES[cfg.dtype], param_dtype=DTYPES[cfg.param_dtype],
+                    name='head', kernel_init=_init(nn.initializers.zeros, 'embed', None),
+                    bias_init=_init(nn.initializers.zeros, None))(pooled_BD).astype(jnp.float32)
 
 
 class TransformerClassifier(nn.Module):
@@ -388,8 +422,7 @@ class TransformerClassifier(nn.Module):
                          param_dtype=DTYPES[self.cfg.param_dtype], name='token_embedding',
                          embedding_init=_init(nn.initializers.normal(0.02), 'vocab', 'embed'))
         x_BTD = _constrain(embed(tokens_BT), 'batch', 'length', None)
-        return _ClassifierHead(self.cfg, self.num_classes, name='classifier')(
-            x_BTD, tokens_BT != 0, train)
+        return _classify(self, self.cfg, self.num_classes, x_BTD, tokens_BT != 0, train)
 
 
 class ViT(nn.Module):
@@ -417,4 +450,4 @@ class ViT(nn.Module):
                           bias_init=_init(nn.initializers.zeros, 'embed'))(images_BHWC)
         x_BTD = einops.rearrange(patches, 'b h w d -> b (h w) d')
         valid_BT = jnp.ones(x_BTD.shape[:2], bool)
-        return _ClassifierHead(cfg, self.num_classes, name='classifier')(x_BTD, valid_BT, train)
+        return _classify(self, cfg, self.num_classes, x_BTD, valid_BT, train)

@@ -1,0 +1,228 @@
+"""Starting from a pretrained checkpoint: load the parameters that match, freeze by pattern, LoRA.
+
+Parameters are named by their '/'-joined path ('encoder/block0/attention/qkv/kernel'); patterns
+are Python regular expressions that must match a whole name. Variables other than parameters
+(batch-norm statistics) are loaded by the same rules, named '<collection>:<path>' in messages.
+"""
+
+import dataclasses
+import logging
+import re
+from typing import Callable
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+from bigjax import workdir as workdir_lib
+from bigjax.errors import UserError
+
+log = logging.getLogger('bigjax')
+ADAPTER = re.compile(r'.*_lora_[ab]')  # LoRA adapter parameters (models/transformer.py)
+
+
+def flat(tree) -> dict[str, object]:
+    """{'a/b/c': leaf} for a nested dict of arrays."""
+    return {'/'.join(str(getattr(k, 'key', k)) for k in path): leaf
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def unflat(names: dict[str, object]) -> dict:
+    tree = {}
+    for name, leaf in names.items():
+        node = tree
+        *parents, last = name.split('/')
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = leaf
+    return tree
+
+
+def matching(patterns, names, what: str) -> set[str]:
+    """The names some pattern matches; a pattern that matches none is a UserError."""
+    matched = set()
+    for pattern in patterns:
+        try:
+            regex = re.compile(pattern)
+        except re.error as e:
+            raise UserError(f'{what} pattern {pattern!r} is not a regular expression: {e}') from None
+        hits = {name for name in names if regex.fullmatch(name)}
+        if not hits:
+            examples = ', '.join(sorted(names)[:4])
+            raise UserError(f'{what} pattern {pattern!r} matches no parameter (names look like '
+                            f'{examples}, ...)')
+        matched |= hits
+    return matched
+
+
+def frozen_predicate(config) -> Callable[[str], bool]:
+    """Whether a parameter is not trained: `config.frozen` matches it; with LoRA on, also every
+    parameter that is not an adapter, the head or the class token."""
+    patterns = [re.compile(p) for p in config.frozen]
+    lora = config.model.name != 'cnn' and config.model.transformer.lora_rank > 0
+
+    def frozen(name: str) -> bool:
+        if any(p.fullmatch(name) for p in patterns):
+            return True
+        return lora and not (ADAPTER.fullmatch(name) or name.startswith('head/')
+                             or name == 'class_token')
+    return frozen
+
+
+def check_patterns(config, params) -> None:
+    """Raises UserError for a frozen or optim.lr_multipliers pattern that matches no parameter,
+    or a multiplier that is not positive."""
+    names = flat(params)
+    matching(config.frozen, names, 'frozen')
+    for entry in config.optim.lr_multipliers:
+        if len(entry) != 2 or not isinstance(entry[1], (int, float)) or entry[1] <= 0:
+            raise UserError(f'optim.lr_multipliers entry {entry!r} must be (pattern, factor > 0)')
+        matching([entry[0]], names, 'optim.lr_multipliers')
+
+
+@dataclasses.dataclass
+class LoadPlan:
+    """What init_from will do, decided from the checkpoint's metadata before loading."""
+
+    directory: epath.Path  # <workdir>/checkpoints/<step>
+    loaded: list[str]
+    resized: list[tuple[str, tuple, tuple]]
+    fresh: list[str]  # not in the checkpoint, or skipped: initialised as a new run would
+    skipped: list[str]
+    unused: list[str]  # in the checkpoint, not in this model
+
+    def describe(self) -> str:
+        """One line: where from, and what was loaded, resized, skipped, new and unused."""
+        parts = [f'loaded {len(self.loaded)}']
+        if self.resized:
+            parts.append('resized ' + ', '.join(f'{n} {a} -> {b}' for n, a, b in self.resized))
+        for label, names in (('skipped (init_from.skip)', self.skipped),
+                             ('new', [n for n in self.fresh if n not in self.skipped]),
+                             ('unused from the checkpoint', self.unused)):
+            if names:
+                parts.append(f'{label}: ' + ', '.join(names))
+        return f'Initialised from {self.directory}: ' + '; '.join(parts)
+
+
+def checkpoint_directory(init_config) -> epath.Path:
+    """The checkpoint init_from names: <workdir>/checkpoints/<step> (latest if step is -1),
+    or a checkpoint folder itself."""
+    path = workdir_lib.resolve(init_config.path)
+    steps_dir = path / 'checkpoints'
+    if steps_dir.is_dir():
+        steps = sorted(int(p.name) for p in steps_dir.iterdir()
+                       if p.name.isdigit() and (p / 'state').is_dir())
+        if not steps:
+            raise UserError(f'init_from.path={init_config.path}: {steps_dir} holds no finished '
+                            'checkpoint')
+        step = steps[-1] if init_config.step < 0 else init_config.step
+        if step not in steps:
+            raise UserError(f'init_from.step={init_config.step}: {steps_dir} has steps {steps}')
+        return steps_dir / str(step)
+    if (path / 'state').is_dir():
+        return path
+    raise UserError(f'init_from.path={init_config.path}: no checkpoint there (expected a '
+                    'workdir with checkpoints/<step>/, or a checkpoint folder with state/)')
+
+
+def _variables(state_tree) -> dict:
+    """params and the other model collections of a saved or abstract train state."""
+    get = (lambda key: state_tree[key]) if isinstance(state_tree, dict) else (
+        lambda key: getattr(state_tree, key))
+    return {'params': get('params'), **(get('model_state') or {})}
+
+
+def _names(variables: dict) -> dict[str, object]:
+    """Flat names of a variables dict: parameters bare, other collections prefixed."""
+    out = {}
+    for collection, tree in variables.items():
+        for name, leaf in flat(tree).items():
+            out[name if collection == 'params' else f'{collection}:{name}'] = leaf
+    return out
+
+
+def plan_load(init_config, abstract_state) -> LoadPlan:
+    """Matches the checkpoint's arrays to this model's by name and shape; raises UserError for
+    a shape mismatch not allowed by init_from.resize, or patterns that match nothing."""
+    directory = checkpoint_directory(init_config)
+    metadata = ocp.PyTreeCheckpointer().metadata(directory / 'state').item_metadata
+    saved = {n: tuple(a.shape) for n, a in _names(_variables(metadata.tree)).items()}
+    wanted = {n: tuple(a.shape) for n, a in _names(_variables(abstract_state)).items()}
+    bare = lambda n: n.split(':', 1)[-1]
+    skip = matching(init_config.skip, {bare(n) for n in wanted}, 'init_from.skip')
+    resize = matching(init_config.resize, {bare(n) for n in wanted}, 'init_from.resize')
+    plan = LoadPlan(directory, [], [], [], [], sorted(set(saved) - set(wanted)))
+    for name, shape in wanted.items():
+        if bare(name) in skip:
+            plan.skipped.append(name)
+            plan.fresh.append(name)
+        elif name not in saved:
+            plan.fresh.append(name)
+        elif saved[name] == shape:
+            plan.loaded.append(name)
+        elif bare(name) in resize and len(saved[name]) == len(shape):
+            plan.resized.append((name, saved[name], shape))
+        else:
+            raise UserError(f'init_from: parameter {name} is {saved[name]} in {directory} and '
+                            f'{shape} in this model: skip it (init_from.skip) or, for position '
+                            'embeddings, resize it (init_from.resize)')
+    return plan
+
+
+def load(plan: LoadPlan) -> dict[str, np.ndarray]:
+    """{name: array} of the loaded and resized arrays, on the host (resized ones linearly
+    interpolated to their new shape)."""
+    metadata = ocp.PyTreeCheckpointer().metadata(plan.directory / 'state').item_metadata.tree
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
+    restored = ocp.PyTreeCheckpointer().restore(plan.directory / 'state',
+                                                restore_args=restore_args)
+    saved = _names(_variables(restored))
+    arrays = {name: np.asarray(saved[name]) for name in plan.loaded}
+    for name, _, shape in plan.resized:
+        arrays[name] = np.asarray(jax.image.resize(saved[name].astype(np.float32), shape,
+                                                   'linear')).astype(saved[name].dtype)
+    return arrays
+
+
+def with_loaded(state, arrays: dict[str, object]):
+    """`state` with the named arrays in place of its own (the rest untouched)."""
+    variables = _variables(state)
+    names = _names(variables)
+    names.update({k: v for k, v in arrays.items()})
+    out = {}
+    for name, leaf in names.items():
+        collection, path = name.split(':', 1) if ':' in name else ('params', name)
+        out.setdefault(collection, {})[path] = leaf
+    trees = {c: unflat(v) for c, v in out.items()}
+    params = _restructure(variables['params'], trees['params'])
+    model_state = {c: _restructure(state.model_state[c], trees[c]) for c in state.model_state}
+    return state.replace(params=params, model_state=model_state)
+
+
+def _restructure(like, tree):
+    """`tree`'s leaves in the container types of `like` (FrozenDict or dict)."""
+    leaves = [flat(tree)[name] for name in flat(like)]
+    return jax.tree.unflatten(jax.tree.structure(like), leaves)
+
+
+def parameter_counts(params, frozen: Callable[[str], bool]) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    sizes = {name: int(np.prod(leaf.shape)) for name, leaf in flat(params).items()}
+    return sum(v for n, v in sizes.items() if not frozen(n)), sum(sizes.values())
+
+
+def merge_lora(params, cfg) -> dict:
+    """Parameters with each adapter folded into its kernel (kernel + alpha / rank * a @ b) and
+    the adapters dropped: the same function for a model built with lora_rank=0."""
+    names = flat(params)
+    scale = cfg.lora_alpha / cfg.lora_rank
+    merged = {n: v for n, v in names.items() if not ADAPTER.fullmatch(n)}
+    for name in names:
+        if name.endswith('_lora_a'):
+            a, b = names[name], names[name[:-1] + 'b']
+            kernel_name = name[:-len('_lora_a')] + '/kernel'
+            kernel = merged[kernel_name]
+            delta = (a.reshape(-1, cfg.lora_rank) @ b.reshape(cfg.lora_rank, -1)) * scale
+            merged[kernel_name] = (kernel + delta.reshape(kernel.shape)).astype(kernel.dtype)
+    return unflat(merged)
