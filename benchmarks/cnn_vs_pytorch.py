@@ -46,6 +46,7 @@ def bigjax_images_per_sec(steps: int) -> float:
     config.train.log_every = 50
     config.train.eval_every = steps
     config.train.checkpoint_every = steps
+    config.report.enabled = False
     with tempfile.TemporaryDirectory() as workdir:
         train.run(config, workdir)
         rates = [row['examples_per_sec'] for row in writers.read_metrics(workdir)

@@ -35,6 +35,7 @@ def measure(size: str, steps: int, batch: int) -> dict:
     config.train.log_every = 10
     config.train.eval_every = steps
     config.train.checkpoint_every = steps
+    config.report.enabled = False
     with tempfile.TemporaryDirectory() as workdir:
         train.run(config, workdir)
         rows = [r for r in writers.read_metrics(workdir) if r['split'] == 'train'][1:]

@@ -54,6 +54,7 @@ def training_examples_per_sec(config, steps: int) -> float:
     config.train.log_every = max(steps // 4, 1)
     config.train.eval_every = config.train.checkpoint_every = steps
     config.data.eval_split = config.data.eval_split.split('[')[0] + '[:1]'
+    config.report.enabled = False
     with tempfile.TemporaryDirectory() as workdir:
         train.run(config, workdir)
         rows = [r for r in writers.read_metrics(workdir) if r['split'] == 'train'][1:]

@@ -47,6 +47,7 @@ def bigjax_worker(steps: int, attention: str) -> dict:
     config.train.checkpoint_every = steps
     config.train.eval_batch_size = BATCH
     config.data.eval_split = 'validation[:32]'
+    config.report.enabled = False
     with tempfile.TemporaryDirectory() as workdir:
         train.run(config, workdir)
         rows = [r for r in writers.read_metrics(workdir) if r['split'] == 'train'][1:]
