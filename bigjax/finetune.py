@@ -11,6 +11,7 @@ import re
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
@@ -22,9 +23,14 @@ log = logging.getLogger('bigjax')
 ADAPTER = re.compile(r'.*_lora_[ab]')  # LoRA adapter parameters (models/transformer.py)
 
 
+def param_name(path) -> str:
+    """'encoder/block0/attention/qkv/kernel' for a jax key path."""
+    return '/'.join(str(getattr(k, 'key', k)) for k in path)
+
+
 def flat(tree) -> dict[str, object]:
     """{'a/b/c': leaf} for a nested dict of arrays."""
-    return {'/'.join(str(getattr(k, 'key', k)) for k in path): leaf
+    return {param_name(path): leaf
             for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
@@ -186,24 +192,16 @@ def load(plan: LoadPlan) -> dict[str, np.ndarray]:
 
 
 def with_loaded(state, arrays: dict[str, object]):
-    """`state` with the named arrays in place of its own (the rest untouched)."""
-    variables = _variables(state)
-    names = _names(variables)
-    names.update({k: v for k, v in arrays.items()})
-    out = {}
-    for name, leaf in names.items():
-        collection, path = name.split(':', 1) if ':' in name else ('params', name)
-        out.setdefault(collection, {})[path] = leaf
-    trees = {c: unflat(v) for c, v in out.items()}
-    params = _restructure(variables['params'], trees['params'])
-    model_state = {c: _restructure(state.model_state[c], trees[c]) for c in state.model_state}
-    return state.replace(params=params, model_state=model_state)
-
-
-def _restructure(like, tree):
-    """`tree`'s leaves in the container types of `like` (FrozenDict or dict)."""
-    leaves = [flat(tree)[name] for name in flat(like)]
-    return jax.tree.unflatten(jax.tree.structure(like), leaves)
+    """`state` with the named arrays in place of its own, cast to their dtypes (the rest
+    untouched)."""
+    def replace(collection: str, tree):
+        def leaf(path, old):
+            name = param_name(path)
+            key = name if collection == 'params' else f'{collection}:{name}'
+            return jnp.asarray(arrays[key]).astype(old.dtype) if key in arrays else old
+        return jax.tree_util.tree_map_with_path(leaf, tree)
+    return state.replace(params=replace('params', state.params),
+                         model_state={c: replace(c, t) for c, t in state.model_state.items()})
 
 
 def parameter_counts(params, frozen: Callable[[str], bool]) -> tuple[int, int]:

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import optax
 
+from bigjax import finetune
 from bigjax.errors import UserError
 
 OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adamw')
@@ -50,17 +51,13 @@ def kernels_only(params):
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def _name(path) -> str:
-    return '/'.join(str(getattr(k, 'key', k)) for k in path)
-
-
 def _by_name(fn: Callable[[str, object], object]):
     """A function of a params tree mapping each array to fn(name, array); a parameter still in
     its logical-axis box (as at init) counts as one leaf, named without the box."""
     def unboxed(leaf):
         return leaf.value if isinstance(leaf, nn.meta.AxisMetadata) else leaf
     return lambda params: jax.tree_util.tree_map_with_path(
-        lambda path, leaf: fn(_name(path), unboxed(leaf)), params,
+        lambda path, leaf: fn(finetune.param_name(path), unboxed(leaf)), params,
         is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
 
 

@@ -369,7 +369,7 @@ def _model(plan, forward, state, figures: _Figures) -> str:
                                       x, jax.sharding.PartitionSpec))):
         count = int(np.prod(leaf.shape))
         total += count
-        rows.append(['/'.join(_key(k) for k in path), str(tuple(leaf.shape)), f'{count:,}',
+        rows.append([finetune.param_name(path), str(tuple(leaf.shape)), f'{count:,}',
                      str(leaf.dtype), str(tuple(spec))])
     rows.append(['total', '', f'{total:,}', '', ''])
     out = ['<h3>Parameters</h3>', _table(['parameter', 'shape', 'count', 'dtype', 'sharding'],
