@@ -40,6 +40,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.classes = ()  # classification: keep these class ids only, relabelled 0.. in this order
     c.data.train_per_class = 0  # classification: > 0 keeps the first N train examples per class
     c.data.prefetch = 2  # batches prepared on device ahead of the step; 0 = none
+    c.data.on_device_max_mb = 256  # training arrays up to this size are copied to every device
+    # once and batched there by index (no per-step host copy); 0 = always batch on the host
     c.data.synthetic = ml_collections.ConfigDict()  # shapes for data.name == 'synthetic'
     c.data.synthetic.kind = 'image'  # 'image' | 'text_lm' (windows of data.text.seq_len + 1)
     c.data.synthetic.vocab_size = 32768  # text_lm

@@ -100,6 +100,16 @@ def check_batch_size(name: str, batch_size: int, mesh: Mesh, microbatches: int =
             f'{max(shards, batch_size // shards * shards)}')
 
 
+def replicate_small(arrays: dict[str, np.ndarray], mesh: Mesh, max_mb: float) -> dict | None:
+    """The arrays copied to every device of the mesh if together they take at most `max_mb`
+    megabytes (every process passes the same arrays); None if they are larger."""
+    if sum(a.nbytes for a in arrays.values()) > max_mb * 2 ** 20:
+        return None
+    return {name: jax.make_array_from_callback(a.shape, replicated(mesh),
+                                               lambda index, a=a: a[index])
+            for name, a in arrays.items()}
+
+
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """Assembles each process's rows into global arrays sharded over the batch axes."""
     sharding = batch_sharding(mesh)

@@ -172,9 +172,15 @@ def _train(plan: _Plan, checkpointer: Checkpointer, latest: int | None,
     """Init or restore, then steps with logging, eval and checkpoints; returns the final eval."""
     config, mesh, schedule = plan.config, plan.mesh, plan.schedule
     task = tasks.make_task(plan.dataset, config.data)
+    on_device = parallel.replicate_small(plan.dataset.train.arrays, plan.mesh,
+                                         config.data.on_device_max_mb)
+    if on_device is not None:
+        log.info('Training data held on the devices, batched there by index '
+                 '(data.on_device_max_mb=%s)', config.data.on_device_max_mb)
     train_iter = data_lib.ArrayTrainIterator(plan.dataset.train.arrays, config.train.batch_size,
                                              config.seed, jax.process_index(),
-                                             jax.process_count())
+                                             jax.process_count(),
+                                             indices_only=on_device is not None)
     replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     config_json = json.loads(config.to_json_best_effort())
     trainable, total = finetune.parameter_counts(plan.abstract_state.params, plan.frozen)
@@ -192,7 +198,8 @@ def _train(plan: _Plan, checkpointer: Checkpointer, latest: int | None,
     train_fn = jax.jit(
         functools.partial(_train_and_accumulate, model=plan.model, tx=plan.tx, task=task,
                           rules=plan.rules, microbatches=config.train.microbatches),
-        donate_argnums=(0, 1), in_shardings=(plan.state_shardings, replicated, batch_sharding),
+        donate_argnums=(0, 1),
+        in_shardings=(plan.state_shardings, replicated, batch_sharding, replicated),
         out_shardings=(plan.state_shardings, replicated, replicated))
     learning_rate = jax.jit(optim.learning_rate_schedule(config.optim, schedule.total_steps))
     evaluate = Evaluator(plan, task)
@@ -214,7 +221,7 @@ def _train(plan: _Plan, checkpointer: Checkpointer, latest: int | None,
         for step in range(start_step + 1, schedule.total_steps + 1):
             profiler.before(step)
             batch, data_state = next(batches)
-            state, window, done = train_fn(state, window, batch)
+            state, window, done = train_fn(state, window, batch, on_device)
             in_flight.add(done)
             profiler.after(step, state)
             if step == start_step + 1:
@@ -320,8 +327,12 @@ def _empty_window() -> dict:
     return {'sums': metrics.zero_sums(), 'nonfinite_step': jnp.full((), -1, jnp.int32)}
 
 
-def _train_and_accumulate(state, window, batch, **step_kwargs):
-    """The step, its sums added to the window, and a scalar to wait on (not donated)."""
+def _train_and_accumulate(state, window, batch, on_device, **step_kwargs):
+    """The step, its sums added to the window, and a scalar to wait on (not donated). With
+    data on the devices, `batch` holds row numbers and the rows are gathered here."""
+    if on_device is not None:
+        batch = {name: jnp.take(array, batch['index'], axis=0)
+                 for name, array in on_device.items()}
     step = state.step + 1
     state, sums = steps.train_step(state, batch, **step_kwargs)
     first_bad = (window['nonfinite_step'] < 0) & ~jnp.isfinite(sums['loss_sum'])

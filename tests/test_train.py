@@ -82,6 +82,17 @@ def test_resume_after_interruption_is_bitwise_identical(tmp_path):
                  final_params(tmp_path / 'straight', 24))
 
 
+def test_training_data_on_the_devices_gives_the_same_run_as_batching_on_the_host(tmp_path):
+    runs = {}
+    for max_mb in (256, 0):  # the digits fit: held on the devices; 0: batched on the host
+        config = digits_smoke(num_steps=12, log_every=4)
+        config.data.augment.update(rotation_degrees=10.0, crop_padding=1)
+        config.data.on_device_max_mb = max_mb
+        train.run(config, tmp_path / str(max_mb))
+        runs[max_mb] = without_timing(writers.read_metrics(tmp_path / str(max_mb)))
+    assert runs[256] == runs[0]
+
+
 def test_finished_run_returns_at_once(tmp_path, monkeypatch):
     config = digits_smoke()
     expected = train.run(config, tmp_path)

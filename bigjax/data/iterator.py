@@ -14,11 +14,16 @@ from bigjax.errors import UserError
 
 
 class ArrayTrainIterator:
-    """Endless shuffled training batches; each process gets its rows of every global batch."""
+    """Endless shuffled training batches; each process gets its rows of every global batch.
+
+    With `indices_only`, a batch is {'index': int32 row numbers} instead of the rows, for data
+    held on the devices and gathered there (the same rows in the same order).
+    """
 
     def __init__(self, arrays: dict[str, np.ndarray], global_batch_size: int, seed: int,
-                 process_index: int = 0, process_count: int = 1):
+                 process_index: int = 0, process_count: int = 1, *, indices_only: bool = False):
         self.arrays = arrays
+        self.indices_only = indices_only
         self.num_examples = len(next(iter(arrays.values())))
         if global_batch_size > self.num_examples:
             raise UserError(f'train.batch_size={global_batch_size} is larger than the '
@@ -50,6 +55,8 @@ class ArrayTrainIterator:
             self._order = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
         start = index_in_epoch * self.global_batch_size + self.process_index * self.local_batch_size
         rows = self._order[start:start + self.local_batch_size]
+        if self.indices_only:
+            return {'index': rows.astype(np.int32)}
         return {name: array[rows] for name, array in self.arrays.items()}
 
     def state(self) -> dict:
