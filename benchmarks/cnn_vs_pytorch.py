@@ -15,11 +15,10 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import print_table, run_rounds  # noqa: E402
+from compare import print_table, run_rounds, train_rows  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 XNN_GREEDY = '--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY'
@@ -34,7 +33,6 @@ BATCH = 64
 
 def bigjax_images_per_sec(steps: int) -> float:
     sys.path.insert(0, REPO)
-    from bigjax import train, writers
     from bigjax.config import default_config
 
     config = default_config()
@@ -42,16 +40,8 @@ def bigjax_images_per_sec(steps: int) -> float:
     config.data.synthetic.train_examples = BATCH * 64
     config.data.synthetic.eval_examples = BATCH
     config.train.batch_size = BATCH
-    config.train.num_steps = steps
     config.train.log_every = 50
-    config.train.eval_every = steps
-    config.train.checkpoint_every = steps
-    config.report.enabled = False
-    with tempfile.TemporaryDirectory() as workdir:
-        train.run(config, workdir)
-        rates = [row['examples_per_sec'] for row in writers.read_metrics(workdir)
-                 if row['split'] == 'train' and 'examples_per_sec' in row]
-    return statistics.median(rates)
+    return statistics.median(row['examples_per_sec'] for row in train_rows(config, steps))
 
 
 def pytorch_images_per_sec(steps: int) -> float:

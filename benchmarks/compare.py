@@ -7,6 +7,19 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
+
+
+def train_rows(config, steps: int) -> list[dict]:
+    """The train lines of metrics.jsonl from bigjax's real train.run of `config` for `steps`
+    steps in a temporary workdir (eval and checkpoint only at the end, no report)."""
+    from bigjax import train, writers
+    config.train.num_steps = steps
+    config.train.eval_every = config.train.checkpoint_every = steps
+    config.report.enabled = False
+    with tempfile.TemporaryDirectory() as workdir:
+        train.run(config, workdir)
+        return [row for row in writers.read_metrics(workdir) if row['split'] == 'train']
 
 
 def run_rounds(contenders: dict[str, tuple[list[str], dict]], rounds: int) -> dict[str, list]:

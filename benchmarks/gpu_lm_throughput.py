@@ -12,12 +12,11 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from bigjax import train, writers  # noqa: E402
+from compare import train_rows  # noqa: E402
 from configs import transformer_gpu  # noqa: E402
 
 
@@ -30,15 +29,9 @@ def measure(size: str, steps: int, batch: int) -> dict:
     config.data.synthetic.eval_examples = config.train.eval_batch_size
     if batch:
         config.train.batch_size = batch
-    config.train.num_steps = steps
     config.optim.warmup_steps = 1
     config.train.log_every = 10
-    config.train.eval_every = steps
-    config.train.checkpoint_every = steps
-    config.report.enabled = False
-    with tempfile.TemporaryDirectory() as workdir:
-        train.run(config, workdir)
-        rows = [r for r in writers.read_metrics(workdir) if r['split'] == 'train'][1:]
+    rows = train_rows(config, steps)[1:]
     return {'tokens_per_sec': statistics.median(r['tokens_per_sec'] for r in rows),
             'mfu': statistics.median(r['mfu'] for r in rows),
             'batch': config.train.batch_size}

@@ -15,7 +15,6 @@ import functools
 import os
 import statistics
 import sys
-import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,7 +22,8 @@ sys.path.insert(0, REPO)
 
 import jax  # noqa: E402
 
-from bigjax import data, parallel, tasks, train, writers  # noqa: E402
+from bigjax import data, parallel, tasks  # noqa: E402
+from compare import train_rows  # noqa: E402
 from configs import cnn_digits, transformer_cpu  # noqa: E402
 
 
@@ -60,16 +60,10 @@ def pipeline_examples_per_sec(config, batches: int) -> float:
 
 
 def training_examples_per_sec(config, steps: int) -> float:
-    config.train.num_steps = steps
     config.optim.warmup_steps = 0
     config.train.log_every = max(steps // 4, 1)
-    config.train.eval_every = config.train.checkpoint_every = steps
     config.data.eval_split = config.data.eval_split.split('[')[0] + '[:1]'
-    config.report.enabled = False
-    with tempfile.TemporaryDirectory() as workdir:
-        train.run(config, workdir)
-        rows = [r for r in writers.read_metrics(workdir) if r['split'] == 'train'][1:]
-    return statistics.median(r['examples_per_sec'] for r in rows)
+    return statistics.median(r['examples_per_sec'] for r in train_rows(config, steps)[1:])
 
 
 def main() -> None:

@@ -17,11 +17,10 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import print_table, run_rounds  # noqa: E402
+from compare import print_table, run_rounds, train_rows  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WIDTH, DEPTH, HEADS, MLP, LENGTH, BATCH, VOCAB = 256, 4, 4, 1024, 256, 16, 258
@@ -31,7 +30,6 @@ def bigjax_worker(steps: int, attention: str) -> dict:
     sys.path.insert(0, REPO)
     sys.path.insert(0, os.path.join(REPO, 'configs'))
     import transformer_cpu
-    from bigjax import train, writers
 
     config = transformer_cpu.get_config()
     config.data.text.tokenizer = 'byte'
@@ -40,17 +38,11 @@ def bigjax_worker(steps: int, attention: str) -> dict:
     t.width, t.depth, t.num_heads, t.mlp_dim, t.max_len = WIDTH, DEPTH, HEADS, MLP, LENGTH
     t.attention = attention
     config.train.batch_size = BATCH
-    config.train.num_steps = steps
     config.optim.warmup_steps = 0
     config.train.log_every = 10
-    config.train.eval_every = steps
-    config.train.checkpoint_every = steps
     config.train.eval_batch_size = BATCH
     config.data.eval_split = 'validation[:32]'
-    config.report.enabled = False
-    with tempfile.TemporaryDirectory() as workdir:
-        train.run(config, workdir)
-        rows = [r for r in writers.read_metrics(workdir) if r['split'] == 'train'][1:]
+    rows = train_rows(config, steps)[1:]
     return {'rate': statistics.median(r['tokens_per_sec'] for r in rows),
             'mfu': statistics.median(r['mfu'] for r in rows)}
 
