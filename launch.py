@@ -3,6 +3,8 @@
 python launch.py --config=configs/cnn_digits.py[:smoke] --workdir=DIR
 python launch.py --config=configs/transformer_cpu.py --workdir=DIR --mode=sample --prompt='def '
 python launch.py --config=configs/cnn_digits.py --workdir=DIR --mode=report  (DIR/report.html)
+python launch.py --config=CONFIG --workdir=DIR --mode=export --export_dir=OUT  (LoRA merged;
+    OUT serves as --config.init_from.path)
 Any config value can be overridden: --config.optim.learning_rate=3e-4 --config.train.num_steps=500.
 Several processes (multi-host GPU, or CPU tests): --num_processes=N --process_id=I
 --coordinator_address=HOST:PORT on each; on Cloud TPU slices this is detected by itself.
@@ -16,8 +18,10 @@ from ml_collections import config_flags
 config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/cnn_digits.py[:arg].',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and the report go (resumes).')
-flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'report'],
-                  'Train; sample from a trained LM; or (re)write the workdir\'s report.html.')
+flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'report', 'export'],
+                  'Train; sample from a trained LM; (re)write the workdir\'s report.html; or export '
+                  'its latest parameters (LoRA adapters merged) to --export_dir.')
+flags.DEFINE_string('export_dir', '', 'export: an empty or new folder for the parameters.')
 flags.DEFINE_string('prompt', '', 'sample: the text to continue.')
 flags.DEFINE_integer('num_tokens', 200, 'sample: how many tokens to add.')
 flags.DEFINE_float('temperature', 0.8, 'sample: softmax temperature; 0 = most likely token.')
@@ -60,7 +64,7 @@ def main(argv):
         config.keys()  # config_flags defers a missing config file's error to first use.
     except OSError as e:
         fail(f'cannot load the config file: {str(e).splitlines()[-1].strip()}')
-    from bigjax import parallel, report, sample, train
+    from bigjax import finetune, parallel, report, sample, train
     from bigjax.errors import UserError
     FLAGS = flags.FLAGS
     try:
@@ -72,6 +76,8 @@ def main(argv):
                                       top_k=FLAGS.top_k, seed=config.seed))
         elif FLAGS.mode == 'report':
             print(report.from_workdir(config, FLAGS.workdir))
+        elif FLAGS.mode == 'export':
+            print(finetune.export(config, FLAGS.workdir, FLAGS.export_dir))
         else:
             train.run(config, FLAGS.workdir)
     except UserError as e:

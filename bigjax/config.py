@@ -5,9 +5,15 @@ key that exists is listed here once. `check` rejects keys the schema does not kn
 of the wrong type, before anything expensive happens.
 """
 
+import importlib.util
+import pathlib
+import sys
+
 import ml_collections
 
 from bigjax.errors import UserError
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -93,6 +99,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.optim.b2 = 0.999
     c.optim.eps = 1e-8
     c.optim.weight_decay = 0.0  # L2 (added to the gradient) or, for adamw, decoupled decay
+    c.optim.l1 = 0.0  # L1: l1 * sign(w) added to the gradient of the kernels (sparser weights)
     c.optim.grad_clip_norm = 0.0  # clip gradients to this global norm; 0 = off
     c.optim.schedule = 'constant'  # 'constant' | 'step' | 'cosine'
     c.optim.warmup_steps = 0  # linear warmup from 0, before any schedule
@@ -148,6 +155,21 @@ def shrink_to_smoke(config: ml_collections.ConfigDict, *, num_steps: int) -> Non
     config.train.checkpoint_every = max(num_steps // 2, 1)
     config.report.examples = 64
     config.report.sample_tokens = 16
+
+
+def from_file(reference: str) -> ml_collections.ConfigDict:
+    """The config that `launch.py --config=<reference>` runs: 'configs/cnn_digits.py[:arg]',
+    a path relative to the repository (or absolute)."""
+    path, _, arg = reference.partition(':')
+    file = pathlib.Path(path) if pathlib.Path(path).is_absolute() else REPO / path
+    if not file.is_file():
+        raise UserError(f'config file {reference!r} not found (looked for {file})')
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))  # config files import each other as configs.<name>
+    spec = importlib.util.spec_from_file_location(f'configs_{file.stem}', file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
 
 
 def from_json(values: dict) -> ml_collections.ConfigDict:

@@ -6,6 +6,7 @@ are Python regular expressions that must match a whole name. Variables other tha
 """
 
 import dataclasses
+import json
 import logging
 import re
 from typing import Callable
@@ -176,6 +177,43 @@ def plan_load(init_config, abstract_state) -> LoadPlan:
     return plan
 
 
+TOKENIZER_KEYS = ('name', 'train_split', 'text.feature', 'text.tokenizer', 'text.vocab_size',
+                  'text.unicode_form', 'text.whitespace', 'text.drop_duplicates')
+
+
+def check_tokenizer(plan: LoadPlan, data_config) -> None:
+    """A loaded token embedding means something only under the tokenizer it was trained with:
+    raises UserError when the checkpoint's run tokenized text otherwise (a BPE is trained on its
+    run's data and settings; the byte tokenizer is the same everywhere)."""
+    if not any(name.startswith('token_embedding/') for name in plan.loaded):
+        return
+    for path in (plan.directory / 'config' / 'metadata', plan.directory / 'config.json'):
+        if path.exists():
+            saved = json.loads(path.read_text())['data']
+            break
+    else:
+        return  # a checkpoint written elsewhere: nothing to compare with
+
+    def identity(data: dict) -> dict:
+        if data['text']['tokenizer'] == 'byte':
+            return {'text.tokenizer': 'byte'}
+        values = {}
+        for key in TOKENIZER_KEYS:
+            value = data
+            for part in key.split('.'):
+                value = value[part]
+            values[key] = value
+        return values
+
+    ours, theirs = identity(data_config.to_dict()), identity(saved)
+    differing = [f'data.{k}={ours.get(k)!r} here, {theirs.get(k)!r} there'
+                 for k in sorted(ours.keys() | theirs.keys()) if ours.get(k) != theirs.get(k)]
+    if differing:
+        raise UserError(f'init_from: the token embedding in {plan.directory} comes from another '
+                        f'tokenizer ({"; ".join(differing)}): use the data settings of that run, '
+                        "or init_from.skip=('token_embedding/.*',)")
+
+
 def load(plan: LoadPlan) -> dict[str, np.ndarray]:
     """{name: array} of the loaded and resized arrays, on the host (resized ones linearly
     interpolated to their new shape)."""
@@ -224,3 +262,33 @@ def merge_lora(params, cfg) -> dict:
             delta = (a.reshape(-1, cfg.lora_rank) @ b.reshape(cfg.lora_rank, -1)) * scale
             merged[kernel_name] = (kernel + delta.reshape(kernel.shape)).astype(kernel.dtype)
     return unflat(merged)
+
+
+def export(config, workdir, export_dir) -> str:
+    """Writes the model variables of `workdir`'s latest checkpoint to <export_dir>/state, LoRA
+    adapters merged into their kernels, and <export_dir>/config.json for the merged model
+    (lora_rank 0). The folder then serves as init_from.path. Returns a one-line summary."""
+    from bigjax import train  # The model and checkpoint come as training has them.
+    if not str(export_dir).strip():
+        raise UserError('--mode=export needs --export_dir=FOLDER (a new or empty folder)')
+    out = workdir_lib.resolve(export_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f'--export_dir={export_dir} is not empty: name a new folder (nothing '
+                        'there is overwritten)')
+    plan, state, step = train.load_state(config, workdir)
+    params = jax.device_get(state.params)
+    merged_config = config.copy_and_resolve_references()
+    lora = config.model.name != 'cnn' and config.model.transformer.lora_rank > 0
+    if lora:
+        params = merge_lora(params, plan.model.cfg)
+        merged_config.model.transformer.lora_rank = 0
+    merged_config.init_from.path = ''
+    out.mkdir(parents=True, exist_ok=True)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(out / 'state', {'params': params,
+                                      'model_state': jax.device_get(state.model_state)})
+    checkpointer.wait_until_finished()
+    workdir_lib.write_config(out, json.loads(merged_config.to_json_best_effort()))
+    count = sum(int(np.prod(v.shape)) for v in flat(params).values())
+    return (f'Exported step {step} of {plan.workdir} to {out}: {count:,} parameters'
+            + (' (LoRA adapters merged)' if lora else ''))

@@ -11,6 +11,7 @@ from typing import Callable
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import optax
 
 from bigjax import finetune
@@ -76,13 +77,14 @@ def _optimizer(c, schedule) -> optax.GradientTransformation:
 
 def build_optimizer(optim_config, total_steps: int,
                     frozen: Callable[[str], bool] | None = None) -> optax.GradientTransformation:
-    """[zero frozen grads] -> clip (optional) -> L2 decay (optional, not adamw) -> optimizer with
+    """[zero frozen grads] -> clip (optional) -> L2 decay (optional, not adamw) -> L1 (optional)
+    -> optimizer with
     its schedule, per learning-rate group (frozen ones: none, so no state)."""
     c = optim_config
     schedule = learning_rate_schedule(c, total_steps)
     optimizer = _optimizer(c, schedule)
-    if c.weight_decay < 0 or c.grad_clip_norm < 0:
-        raise UserError('optim.weight_decay and optim.grad_clip_norm must be >= 0')
+    if c.weight_decay < 0 or c.grad_clip_norm < 0 or c.l1 < 0:
+        raise UserError('optim.weight_decay, optim.l1 and optim.grad_clip_norm must be >= 0')
     multipliers = [(re.compile(pattern), factor) for pattern, factor in c.lr_multipliers]
     parts = []
     decay_mask = kernels_only
@@ -93,6 +95,10 @@ def build_optimizer(optim_config, total_steps: int,
         parts.append(optax.clip_by_global_norm(c.grad_clip_norm))
     if c.weight_decay > 0 and c.name != 'adamw':
         parts.append(optax.add_decayed_weights(c.weight_decay, mask=decay_mask))
+    if c.l1 > 0:
+        parts.append(optax.masked(optax.stateless(
+            lambda updates, params: jax.tree.map(lambda u, p: u + c.l1 * jnp.sign(p), updates,
+                                                 params)), decay_mask))
     if frozen is None and not multipliers:
         return optax.chain(*parts, optimizer)
 

@@ -154,6 +154,8 @@ def _plan(config, workdir) -> _Plan:
     finetune.check_patterns(config, abstract_state.params)
     load_plan = finetune.plan_load(config.init_from, abstract_state) if config.init_from.path \
         else None
+    if load_plan:
+        finetune.check_tokenizer(load_plan, config.data)
     flops_per_example, peak = 0.0, 0.0
     if isinstance(model, models.TRANSFORMERS):  # MFU has a formula.
         length = model.sequence_length(tasks.sample_input(dataset).shape)

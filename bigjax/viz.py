@@ -155,3 +155,46 @@ def attention_maps(weights_LHTS, path, *, title: str, layer_names: list[str]):
         ax.set_xlabel('key', fontsize=8)
     fig.suptitle(title, fontsize=9)
     return _save(fig, path)
+
+
+def metric_vs_parameter(values: list, metrics: list[float], path, *, parameter: str, metric: str):
+    """One point per trial: the metric against one hyperparameter (log axis for positive
+    numbers spanning 10x or more; categories side by side)."""
+    fig, ax = plt.subplots(figsize=(4.2, 3.2))
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    if numeric:
+        ax.scatter(values, metrics, s=24)
+        if min(values) > 0 and max(values) / min(values) >= 10:
+            ax.set_xscale('log')
+    else:
+        labels = sorted({str(v) for v in values})
+        ax.scatter([labels.index(str(v)) for v in values], metrics, s=24)
+        ax.set_xticks(range(len(labels)), labels, fontsize=8)
+    ax.set_xlabel(parameter)
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def overlaid_curves(curves: dict[str, tuple], path, *, title: str, ylabel: str):
+    """Several runs' (steps, values) on one axis, one line each, labelled."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for label, (steps, values) in curves.items():
+        ax.plot(steps, values, marker='.', markersize=3, linewidth=1, label=label)
+    ax.set_xlabel('step')
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    if len(curves) <= 16:
+        ax.legend(fontsize=6)
+    return _save(fig, path)
+
+
+def importance_bars(importances: dict[str, float], path, *, metric: str):
+    """Horizontal bars: each hyperparameter's share of the metric's variance."""
+    names = list(importances)[::-1]
+    fig, ax = plt.subplots(figsize=(4.8, 0.5 * len(names) + 1.2))
+    ax.barh(names, [importances[n] for n in names])
+    ax.set_xlabel(f'importance for {metric} (fANOVA)')
+    ax.set_xlim(0, 1)
+    return _save(fig, path)

@@ -5,8 +5,9 @@ python launch.py --config=configs/digits_transfer.py:pretrain --workdir=/tmp/big
 python launch.py --config=configs/digits_transfer.py:finetune --workdir=/tmp/bigjax/ft \
     --config.init_from.path=/tmp/bigjax/pre
 python launch.py --config=configs/digits_transfer.py:scratch --workdir=/tmp/bigjax/scratch
-experiments/transfer_digits.py runs all three and prints the comparison. Append ",smoke" to the
-stage (e.g. finetune,smoke) for a few steps on a tiny CNN.
+experiments/transfer.py --task=digits runs all three and prints the comparison. Append ",smoke"
+to the stage (e.g. finetune,smoke) for a few steps on a tiny CNN. configs/mnist_transfer.py is the
+same study on tfds mnist.
 """
 
 from configs import cnn_digits
@@ -14,14 +15,20 @@ from configs import cnn_digits
 STAGES = ('pretrain', 'finetune', 'scratch')
 
 
-def get_config(arg: str | None = None):
+def parse_stage(arg: str | None) -> tuple[str, bool]:
+    """'finetune,smoke' -> ('finetune', True); no arg is the pretraining, 'smoke' its smoke."""
     stage, _, smoke = (arg or 'pretrain').partition(',')
     if stage == 'smoke':
         stage, smoke = 'pretrain', 'smoke'
     if stage not in STAGES or smoke not in ('', 'smoke'):
         raise ValueError(f'unknown config arg {arg!r}; use one of {STAGES}, optionally with '
                          '",smoke"')
-    config = cnn_digits.get_config(smoke or None)
+    return stage, bool(smoke)
+
+
+def split_digits(config, stage: str, smoke: bool, *, steps: int):
+    """`config` (a 10-class CNN config) on classes 0-4 for pretraining; otherwise on 5-9 from 10
+    labels per class for `steps` steps, the fine-tune with a new head."""
     if stage == 'pretrain':
         config.data.classes = (0, 1, 2, 3, 4)
         return config
@@ -29,10 +36,15 @@ def get_config(arg: str | None = None):
     config.data.train_per_class = 10  # 50 labelled images
     config.train.batch_size = 40
     config.train.eval_batch_size = 40
-    config.train.num_steps = 8 if smoke else 300
-    config.train.num_epochs = 0.0
+    config.train.num_steps = 8 if smoke else steps
     config.train.log_every = 2 if smoke else 50
     config.train.eval_every = config.train.checkpoint_every = config.train.num_steps
     if stage == 'finetune':  # the same run as scratch but for the start
         config.init_from.skip = ('head/.*',)  # a new head for the new classes
     return config
+
+
+def get_config(arg: str | None = None):
+    stage, smoke = parse_stage(arg)
+    return split_digits(cnn_digits.get_config('smoke' if smoke else None), stage, smoke,
+                        steps=300)

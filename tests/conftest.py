@@ -1,6 +1,5 @@
 """Test setup: 8 host devices (so every test runs sharded) and a private tfds data_dir."""
 
-import importlib.util
 import os
 import pathlib
 import tempfile
@@ -12,6 +11,8 @@ os.environ.setdefault('TFDS_DATA_DIR', tempfile.mkdtemp(prefix='bigjax_tfds_'))
 import jax  # noqa: E402  (after XLA_FLAGS)
 import pytest  # noqa: E402
 
+from bigjax import config as config_lib  # noqa: E402
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CONFIGS = sorted(p.stem for p in (REPO / 'configs').glob('*.py'))
 
@@ -20,10 +21,7 @@ def load_config(name: str, arg: str | None = None, *, report: bool = False):
     """configs/<name>.py's get_config(arg), as launch.py's --config=configs/<name>.py[:arg];
     without the end-of-run report unless asked (tests/test_report.py covers it; it costs
     seconds per run)."""
-    spec = importlib.util.spec_from_file_location(f'configs_{name}', REPO / 'configs' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(arg) if arg else module.get_config()
+    config = config_lib.from_file(f'configs/{name}.py' + (f':{arg}' if arg else ''))
     config.report.enabled = report
     return config
 

@@ -2,6 +2,7 @@
 groups, LoRA, and the errors for bad checkpoints and patterns."""
 
 import dataclasses
+import importlib.util
 
 import flax.linen as nn
 import jax
@@ -9,17 +10,23 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+import tensorflow_datasets as tfds
 
 from bigjax import finetune, optim, train
 from bigjax.config import default_config
 from bigjax.errors import UserError
 from bigjax.models.transformer import TransformerConfig, TransformerLM
-from conftest import load_config
+from conftest import REPO, load_config
+
+
+def params_in(folder) -> dict[str, np.ndarray]:
+    """The parameters of the checkpoint folder (<folder>/state), by name."""
+    state = ocp.PyTreeCheckpointer().restore(folder / 'state')
+    return {k: np.asarray(v) for k, v in finetune.flat(state['params']).items()}
 
 
 def saved_params(workdir, step) -> dict[str, np.ndarray]:
-    state = ocp.PyTreeCheckpointer().restore(workdir / 'checkpoints' / str(step) / 'state')
-    return {k: np.asarray(v) for k, v in finetune.flat(state['params']).items()}
+    return params_in(workdir / 'checkpoints' / str(step))
 
 
 @pytest.fixture(scope='module')
@@ -152,6 +159,23 @@ def test_lora_fine_tuning_trains_only_the_adapters(tmp_path):
         elif '_lora_a' not in name:
             np.testing.assert_array_equal(value, source[name], err_msg=name)
 
+    # Export: adapters merged into the kernels, a plain model computes what the LoRA model did,
+    # and the folder is a checkpoint init_from loads in full. An export never overwrites.
+    print(finetune.export(config, tmp_path / 'lora', tmp_path / 'export'))
+    plan, state, _ = train.load_state(config, tmp_path / 'lora')
+    exported = params_in(tmp_path / 'export')
+    assert sorted(exported) == sorted(source)
+    plain = dataclasses.replace(plan.model, cfg=dataclasses.replace(plan.model.cfg, lora_rank=0))
+    tokens = jnp.arange(64).reshape(2, 32) % 200
+    np.testing.assert_allclose(
+        plain.apply({'params': finetune.unflat(exported)}, tokens, train=False),
+        plan.model.apply({'params': state.params}, tokens, train=False), atol=2e-5)
+    merged_config = load_config('transformer_cpu', 'smoke')
+    merged_config.init_from.path = str(tmp_path / 'export')
+    assert sorted(train._plan(merged_config, tmp_path / 'next').load_plan.loaded) == sorted(source)
+    with pytest.raises(UserError, match='is not empty'):
+        finetune.export(config, tmp_path / 'lora', tmp_path / 'export')
+
 
 @pytest.mark.parametrize('overrides, message', [
     (dict(init_from=dict(path='/nonexistent/run')), 'no checkpoint there'),
@@ -179,3 +203,62 @@ def test_bad_init_from_and_patterns_are_clear_errors_before_anything_is_written(
 def test_a_lora_config_that_reaches_no_projection_is_an_error():
     with pytest.raises(UserError, match='lora_targets'):
         dataclasses.replace(small_lm()[0], lora_rank=2, lora_targets=('qkv', 'nope')).check()
+
+
+def transfer_study():
+    spec = importlib.util.spec_from_file_location('transfer', REPO / 'experiments' / 'transfer.py')
+    transfer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(transfer)
+    return transfer
+
+
+def test_stdlib_demo_fine_tunes_the_pretrained_lm_into_a_classifier(tmp_path):
+    """experiments/transfer.py --task=stdlib --smoke: the LM's embedding, positions and blocks
+    load into the classifier; only the class token and head start fresh; both arms evaluate."""
+    results = transfer_study().run('stdlib', str(tmp_path), [0], smoke=True)
+    lm = saved_params(tmp_path / 'pretrain', 8)
+    config = load_config('stdlib_transfer', 'finetune,smoke')
+    config.init_from.path = str(tmp_path / 'pretrain')
+    plan = train._plan(config, tmp_path / 'unused').load_plan
+    assert sorted(plan.loaded) == sorted(lm)
+    assert sorted(plan.fresh) == ['class_token', 'head/bias', 'head/kernel']
+    assert set(results[0]) == {'finetune', 'scratch'}
+    assert results[0]['finetune']['loss'] != results[0]['scratch']['loss']
+    assert 0 <= results[0]['finetune']['accuracy'] <= 1
+
+
+@pytest.mark.parametrize('task, loaded', [('mnist', 'conv1/kernel'),
+                                          ('imdb', 'encoder/block0/attention/qkv/kernel')])
+def test_tfds_transfer_studies_run_under_mock_data(task, loaded, tmp_path, capsys):
+    """The mnist and imdb_reviews studies (internet needed for real): pretrain, fine-tune and
+    scratch run end to end on tfds mock data, the fine-tune loading the pretrained weights."""
+    with tfds.testing.mock_data(num_examples=300):
+        results = transfer_study().run(task, str(tmp_path), [0], smoke=True)
+    assert set(results[0]) == {'finetune', 'scratch'}
+    assert all(np.isfinite(r['loss']) for r in results[0].values())
+    log = capsys.readouterr().err
+    assert f'Initialised from {tmp_path}/pretrain/checkpoints/' in log
+    steps = load_config(f'{task}_transfer', 'finetune,smoke').train.num_steps
+    assert loaded in saved_params(tmp_path / 'finetune_seed0', steps)
+
+
+def test_a_token_embedding_from_another_tokenizer_is_an_error(tmp_path):
+    """A BPE trained on other data or settings gives the same ids other meanings: loading its
+    embedding is an error naming the difference; the byte tokenizer is the same everywhere."""
+    theirs = default_config()
+    theirs.data.update(name='python_stdlib', train_split='train[:50%]')
+    theirs.data.text.tokenizer = 'bpe'
+    (tmp_path / 'config.json').write_text(theirs.to_json())
+    plan = finetune.LoadPlan(tmp_path, ['token_embedding/embedding'], [], [], [], [])
+    ours = default_config().data
+    ours.update(name='python_stdlib')
+    ours.text.tokenizer = 'bpe'
+    with pytest.raises(UserError, match=r"data.train_split='train' here, 'train\[:50%\]' there"):
+        finetune.check_tokenizer(plan, ours)
+    ours.train_split = 'train[:50%]'
+    finetune.check_tokenizer(plan, ours)
+    finetune.check_tokenizer(dataclasses.replace(plan, loaded=['encoder/x']), default_config().data)
+    theirs.data.text.tokenizer = ours.text.tokenizer = 'byte'
+    (tmp_path / 'config.json').write_text(theirs.to_json())
+    ours.name = 'imdb_reviews'
+    finetune.check_tokenizer(plan, ours)

@@ -51,12 +51,15 @@ def test_every_optimizer_minimises_a_quadratic(name, extras):
     assert loss(params) < 0.01 * 8  # from 8 at the start
 
 
-def test_weight_decay_only_touches_kernels():
-    tx = optim.build_optimizer(optim_config(name='sgd', learning_rate=1.0, weight_decay=0.5), 10)
-    params = {'kernel': jnp.ones((2, 2)), 'bias': jnp.ones(2)}
+@pytest.mark.parametrize('penalty, expected', [({'weight_decay': 0.5}, [[-1.0, 0.5]]),
+                                               ({'l1': 0.5}, [[-0.5, 0.5]])])
+def test_l2_and_l1_penalties_only_touch_kernels(penalty, expected):
+    """L2 adds weight_decay * w to the gradient, L1 adds l1 * sign(w); biases are left alone."""
+    tx = optim.build_optimizer(optim_config(name='sgd', learning_rate=1.0, **penalty), 10)
+    params = {'kernel': jnp.array([[2.0, -1.0]]), 'bias': jnp.ones(2)}
     zero_grads = jax.tree.map(jnp.zeros_like, params)
     updates, _ = tx.update(zero_grads, tx.init(params), params)
-    np.testing.assert_allclose(updates['kernel'], -0.5 * np.ones((2, 2)))
+    np.testing.assert_allclose(updates['kernel'], expected)
     np.testing.assert_allclose(updates['bias'], np.zeros(2))
 
 
@@ -73,6 +76,7 @@ def test_clipping_bounds_the_update():
     ({'learning_rate': 0.0}, 'optim.learning_rate'),
     ({'warmup_steps': 100}, 'optim.warmup_steps'),
     ({'schedule': 'step', 'step_every': 0}, 'optim.step_every'),
+    ({'l1': -1.0}, 'optim.l1'),
 ])
 def test_bad_optim_config_is_a_clear_error(overrides, message):
     with pytest.raises(UserError, match=message):

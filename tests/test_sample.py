@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from bigjax import sample, train
+from bigjax import finetune, sample, train
 from bigjax.errors import UserError
 from conftest import REPO, load_config
 
@@ -30,6 +30,18 @@ def test_sample_mode_of_launch(trained_lm):
                           '--num_tokens=10', '--temperature=0'],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
+
+
+def test_export_mode_of_launch(trained_lm, tmp_path):
+    """--mode=export writes a checkpoint folder (here of an LM without adapters)."""
+    command = [sys.executable, 'launch.py', '--config=configs/transformer_cpu.py:smoke',
+               f'--workdir={trained_lm}', '--mode=export']
+    out = subprocess.run(command + [f'--export_dir={tmp_path}/lm'], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert f'to {tmp_path}/lm: ' in out.stdout and (tmp_path / 'lm' / 'state').is_dir()
+    with pytest.raises(UserError, match='needs --export_dir'):
+        finetune.export(load_config('transformer_cpu', 'smoke'), trained_lm, '')
 
 
 def test_sampling_errors_are_clear(trained_lm, tmp_path):

@@ -5,6 +5,7 @@ wrongly formatted prepared folder) is a one-line UserError that says what to do.
 """
 
 import dataclasses
+import fcntl
 import importlib
 import os
 import socket
@@ -57,12 +58,12 @@ def open_split(builder, split: str, data_config) -> TfdsSplit:
         except Exception:  # A real unprepared dataset cannot be read: prepare it below.
             pass
         if jax.process_index() == 0:  # One process prepares; the others wait, then read.
-            _prepare(builder, data_config)
+            _prepare_once(builder, data_config)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices(f'bigjax: {name} prepared')
-            import tensorflow_datasets as tfds
-            dataset, version = name.rsplit('/', 1)
-            builder = tfds.builder(f'{dataset}:{version}', data_dir=builder.data_dir_root)
+    import tensorflow_datasets as tfds  # A builder made before the data existed (here, or
+    root = builder.data_dir_root  # by a peer) misreads it: read what is on disk now.
+    builder = tfds.builder_from_directory(builder.data_dir)
     if builder.info.file_format is None or builder.info.file_format.value != 'array_record':
         raise UserError(
             f'dataset {name!r} in {builder.data_dir} is stored as {builder.info.file_format}, '
@@ -77,7 +78,7 @@ def open_split(builder, split: str, data_config) -> TfdsSplit:
         source = builder.as_data_source(split)
     except Exception as e:  # array_record raises several types for damaged files.
         raise corrupted(builder, e) from None
-    cache_dir = epath.Path(builder.data_dir_root) / 'bigjax_cache' / name
+    cache_dir = epath.Path(root) / 'bigjax_cache' / name
     key = {'dataset': name, 'split': split, 'metadata': dict(builder.info.metadata or {})}
     return TfdsSplit(name, split, source, builder.info.features, cache_dir, key)
 
@@ -94,6 +95,20 @@ def corrupted(builder, error: Exception) -> UserError:
     return UserError(f'the prepared dataset in {builder.data_dir} cannot be read '
                      f'({type(error).__name__}: {str(error)[:160]}): delete that folder and '
                      'rerun to prepare it again')
+
+
+def _prepare_once(builder, data_config) -> None:
+    """Prepares the dataset unless another run on this machine did while we waited for the lock
+    (runs started together, e.g. a study's parallel trials, would otherwise collide)."""
+    root = os.fspath(builder.data_dir_root)
+    if '://' in root:
+        _prepare(builder, data_config)
+        return
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, f'.{builder.info.name}.prepare.lock'), 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not builder.is_prepared():
+            _prepare(builder, data_config)
 
 
 def _prepare(builder, data_config) -> None:

@@ -1,0 +1,449 @@
+"""Hyperparameter studies: a base config, a space of overrides, a metric; grid, random or
+Bayesian (optuna TPE) search; every trial a real training run in its own process and folder.
+
+<workdir>/trials/<id>/ holds trial.json (its overrides), run/ (the training workdir) and, once it
+ended, result.json (status, metrics, seconds, error). A trial that crashes or diverges is recorded
+as failed and the study goes on; rerunning skips ended trials and resumes interrupted ones. The
+Bayesian search keeps its optuna study in <workdir>/optuna.db. At the end: results.csv,
+results.md (best trial in bold) and plots (metric vs each hyperparameter, learning curves,
+parameter importance).
+"""
+
+import argparse
+import csv
+import dataclasses
+import itertools
+import json
+import math
+import multiprocessing
+import os
+import random
+import time
+from typing import Any
+
+from etils import epath
+
+from bigjax import config as config_lib
+from bigjax import workdir as workdir_lib
+from bigjax.errors import UserError
+
+SEARCHES = ('grid', 'random', 'bayes')
+GOALS = ('max', 'min')
+
+
+@dataclasses.dataclass(frozen=True)
+class Uniform:
+    """A float drawn uniformly from [low, high] (on a log scale if log)."""
+
+    low: float
+    high: float
+    log: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class IntRange:
+    """An int drawn uniformly from low..high inclusive."""
+
+    low: int
+    high: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """What to search. `space` maps a dotted config key to a list of values (grid, or uniform
+    choice) or a distribution (random and bayes only); a tuple of keys maps to a list of value
+    tuples that go together (a zip). `fixed` overrides every trial (e.g. shorter runs)."""
+
+    name: str
+    config: str  # 'configs/cnn_digits.py[:arg]', as launch.py's --config
+    space: dict
+    metric: str  # a final eval metric of train.run, e.g. 'accuracy' or 'loss'
+    goal: str = 'max'
+    fixed: dict = dataclasses.field(default_factory=dict)
+    search: str = 'grid'  # the default of --search
+    trials: int = 0  # the default of --trials; 0 = the whole grid (grid) or 10
+
+
+def check(study: Study, search: str) -> None:
+    """Raises UserError for an empty space, an unknown search or goal, a key the base config
+    lacks, or a distribution in a grid: before any trial runs."""
+    if search not in SEARCHES:
+        raise UserError(f'--search={search!r} is not one of {list(SEARCHES)}')
+    if study.goal not in GOALS:
+        raise UserError(f'Study.goal={study.goal!r} is not one of {list(GOALS)}')
+    if not study.space:
+        raise UserError(f'study {study.name!r} has an empty search space: name at least one key')
+    config = config_lib.from_file(study.config)
+    for key, values in list(study.space.items()) + [(k, [v]) for k, v in study.fixed.items()]:
+        for name in (key if isinstance(key, tuple) else (key,)):
+            _lookup(config, name)
+        if isinstance(values, (list, tuple)):
+            if not values:
+                raise UserError(f'the search space of {key!r} is an empty list')
+            if isinstance(key, tuple) and any(len(v) != len(key) for v in values):
+                raise UserError(f'{key!r} zips {len(key)} keys: each value must be a '
+                                f'{len(key)}-tuple')
+        elif search == 'grid':
+            raise UserError(f'grid search needs a list of values for {key!r}, not {values!r}; '
+                            'use --search=random or --search=bayes')
+        elif not isinstance(values, (Uniform, IntRange)) or values.low > values.high:
+            raise UserError(f'{key!r}: {values!r} is not a list, Uniform or IntRange with '
+                            'low <= high')
+
+
+def _lookup(config, dotted: str):
+    node = config
+    for part in dotted.split('.'):
+        if not hasattr(node, 'keys') or part not in node:
+            raise UserError(f'override key {dotted!r} is not in the base config (bigjax/config.py '
+                            'lists every key)')
+        node = node[part]
+    return node
+
+
+def grid(space: dict) -> list[dict]:
+    """Every combination, the last key varying fastest; zipped keys vary together."""
+    keys = list(space)
+    return [_expand(dict(zip(keys, combo))) for combo in itertools.product(*space.values())]
+
+
+def sample(space: dict, seed: int, index: int) -> dict:
+    """Trial `index` of a random search: the same point for the same seed and index."""
+    rng = random.Random(f'{seed}-{index}')
+    point = {}
+    for key, values in space.items():
+        if isinstance(values, Uniform):
+            low, high = (math.log(values.low), math.log(values.high)) if values.log else (
+                values.low, values.high)
+            value = rng.uniform(low, high)
+            point[key] = math.exp(value) if values.log else value
+        elif isinstance(values, IntRange):
+            point[key] = rng.randint(values.low, values.high)
+        else:
+            point[key] = values[rng.randrange(len(values))]
+    return _expand(point)
+
+
+def _expand(point: dict) -> dict:
+    """Zipped keys ((a, b): (1, 2)) as separate overrides {a: 1, b: 2}."""
+    out = {}
+    for key, value in point.items():
+        out.update(zip(key, value) if isinstance(key, tuple) else [(key, value)])
+    return out
+
+
+def _suggest(trial, space: dict) -> dict:
+    """An optuna trial's point: distributions as floats/ints, lists by index (any values)."""
+    point = {}
+    for key, values in space.items():
+        name = ','.join(key) if isinstance(key, tuple) else key
+        if isinstance(values, Uniform):
+            point[key] = trial.suggest_float(name, values.low, values.high, log=values.log)
+        elif isinstance(values, IntRange):
+            point[key] = trial.suggest_int(name, values.low, values.high)
+        else:
+            point[key] = values[trial.suggest_categorical(name, list(range(len(values))))]
+    return _expand(point)
+
+
+def run_trial(study: Study, overrides: dict, folder: str) -> None:
+    """One trial, in its own process (its output to <folder>/log.txt): trains, then writes
+    result.json (done or failed)."""
+    from bigjax import train
+    start = time.time()
+    log = os.open(os.path.join(folder, 'log.txt'), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 1)  # this process's output, the training log included, goes to the trial's log
+    os.dup2(log, 2)
+    try:
+        config = config_lib.from_file(study.config)
+        config.report.enabled = False
+        for key, value in {**study.fixed, **overrides}.items():
+            config.update_from_flattened_dict({key: value})
+        metrics = train.run(config, os.path.join(folder, 'run'))
+        value = metrics.get(study.metric)
+        if value is None:
+            raise UserError(f'the run reports no metric {study.metric!r}; it has {sorted(metrics)}')
+        result = {'status': 'done', 'metrics': metrics, 'error': ''}
+        if not math.isfinite(value):
+            result = {'status': 'failed', 'metrics': metrics, 'error': f'{study.metric} = {value}'}
+    except Exception as e:  # A failed trial is a result; the study goes on.
+        result = {'status': 'failed', 'metrics': {}, 'error': f'{type(e).__name__}: {e}'}
+    result['seconds'] = round(time.time() - start, 1)
+    workdir_lib.write_atomically(epath.Path(folder) / 'result.json', json.dumps(result) + '\n')
+
+
+class _Runner:
+    """Runs trials in up to `workers` processes at once; a process that dies is a failed trial."""
+
+    def __init__(self, study: Study, workdir: epath.Path, workers: int):
+        self.study, self.workdir, self.workers = study, workdir, workers
+        self.context = multiprocessing.get_context('spawn')
+        self.running: dict[str, Any] = {}
+
+    def folder(self, trial_id: str) -> epath.Path:
+        return self.workdir / 'trials' / trial_id
+
+    def result(self, trial_id: str) -> dict | None:
+        path = self.folder(trial_id) / 'result.json'
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def start(self, trial_id: str, overrides: dict) -> None:
+        folder = self.folder(trial_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        workdir_lib.write_atomically(folder / 'trial.json',
+                                     json.dumps({'overrides': overrides}) + '\n')
+        print(f'trial {trial_id}: {_describe(overrides)}', flush=True)
+        process = self.context.Process(target=run_trial,
+                                       args=(self.study, overrides, os.fspath(folder)))
+        process.start()
+        self.running[trial_id] = process
+
+    def wait_for_one(self) -> tuple[str, dict]:
+        """Blocks until a running trial ends; (its id, its result)."""
+        while True:
+            for trial_id, process in list(self.running.items()):
+                if not process.is_alive():
+                    process.join()
+                    del self.running[trial_id]
+                    result = self.result(trial_id)
+                    if result is None:
+                        result = {'status': 'failed', 'metrics': {}, 'seconds': 0.0,
+                                  'error': f'the trial process died (exit code {process.exitcode})'}
+                        workdir_lib.write_atomically(self.folder(trial_id) / 'result.json',
+                                                     json.dumps(result) + '\n')
+                    metric = result['metrics'].get(self.study.metric)
+                    print(f'trial {trial_id}: {result["status"]}'
+                          + (f', {self.study.metric} {metric:.6g}' if metric is not None else '')
+                          + (f' ({result["error"]})' if result['error'] else ''), flush=True)
+                    return trial_id, result
+            time.sleep(0.2)
+
+
+def _describe(overrides: dict) -> str:
+    return ' '.join(f'{k}={v}' for k, v in overrides.items())
+
+
+def run(study: Study, workdir, *, search: str | None = None, trials: int = 0, workers: int = 1,
+        seed: int = 0) -> list[dict]:
+    """Runs (or resumes) the study; returns one row per trial and writes the results."""
+    search = search or study.search
+    check(study, search)
+    if workers < 1:
+        raise UserError(f'--workers={workers} must be >= 1')
+    workdir = workdir_lib.resolve(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    runner = _Runner(study, workdir, workers)
+    if search == 'bayes':
+        _run_bayes(study, runner, trials or study.trials or 10, seed)
+    else:
+        points = grid(study.space) if search == 'grid' else None
+        budget = trials or study.trials or (len(points) if points else 10)
+        if points:
+            budget = min(budget, len(points))
+        for index in range(budget):
+            trial_id = f'{index:04d}'
+            if runner.result(trial_id) is not None:
+                continue
+            while len(runner.running) >= workers:
+                runner.wait_for_one()
+            runner.start(trial_id, points[index] if points else sample(study.space, seed, index))
+        while runner.running:
+            runner.wait_for_one()
+    rows = collect(study, workdir)
+    write_results(study, workdir, rows)
+    return rows
+
+
+def _run_bayes(study: Study, runner: _Runner, budget: int, seed: int) -> None:
+    import optuna
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = f'sqlite:///{runner.workdir / "optuna.db"}'
+    direction = 'maximize' if study.goal == 'max' else 'minimize'
+    optuna_study = optuna.create_study(
+        study_name=study.name, storage=storage, direction=direction, load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, budget)))
+    pending: dict[str, int] = {}
+
+    def tell(trial_id: str, result: dict) -> None:
+        number = pending.pop(trial_id)
+        value = result['metrics'].get(study.metric)
+        if result['status'] == 'done':
+            optuna_study.tell(number, value)
+        else:
+            optuna_study.tell(number, state=optuna.trial.TrialState.FAIL)
+
+    # Trials a killed study left running: rerun them (their runs resume) and report them.
+    for frozen in optuna_study.get_trials(deepcopy=False,
+                                          states=(optuna.trial.TrialState.RUNNING,)):
+        trial_id = f'{frozen.number:04d}'
+        pending[trial_id] = frozen.number
+        result = runner.result(trial_id)
+        if result is not None:
+            tell(trial_id, result)
+            continue
+        while len(runner.running) >= runner.workers:
+            tell(*runner.wait_for_one())
+        overrides = json.loads((runner.folder(trial_id) / 'trial.json').read_text())['overrides']
+        runner.start(trial_id, overrides)
+    while True:
+        ended = len(optuna_study.get_trials(deepcopy=False, states=(
+            optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)))
+        if ended + len(runner.running) >= budget:
+            break
+        while len(runner.running) >= runner.workers:
+            tell(*runner.wait_for_one())
+        trial = optuna_study.ask()
+        trial_id = f'{trial.number:04d}'
+        pending[trial_id] = trial.number
+        runner.start(trial_id, _suggest(trial, study.space))
+    while runner.running:
+        tell(*runner.wait_for_one())
+
+
+def collect(study: Study, workdir: epath.Path) -> list[dict]:
+    """One row per trial folder that has ended: id, status, overrides, metrics, seconds, error."""
+    rows = []
+    trials_dir = workdir / 'trials'
+    for folder in sorted(trials_dir.iterdir()) if trials_dir.exists() else []:
+        if not (folder / 'result.json').exists():
+            continue
+        result = json.loads((folder / 'result.json').read_text())
+        overrides = json.loads((folder / 'trial.json').read_text())['overrides']
+        rows.append({'trial': folder.name, 'status': result['status'], 'overrides': overrides,
+                     'metrics': result['metrics'], 'seconds': result['seconds'],
+                     'error': result['error']})
+    return rows
+
+
+def best(study: Study, rows: list[dict]) -> dict | None:
+    done = [r for r in rows if r['status'] == 'done']
+    if not done:
+        return None
+    sign = 1 if study.goal == 'max' else -1
+    return max(done, key=lambda r: sign * r['metrics'][study.metric])
+
+
+def write_results(study: Study, workdir: epath.Path, rows: list[dict]) -> None:
+    """results.csv, results.md and the plots."""
+    keys = list(dict.fromkeys(k for r in rows for k in r['overrides']))
+    metrics = list(dict.fromkeys([study.metric, *(m for r in rows for m in r['metrics'])]))
+    header = ['trial', 'status', *keys, *metrics, 'seconds', 'error']
+    lines = [header] + [[r['trial'], r['status'], *(r['overrides'].get(k, '') for k in keys),
+                         *(r['metrics'].get(m, '') for m in metrics), r['seconds'], r['error']]
+                        for r in rows]
+    with open(workdir / 'results.csv', 'w', newline='') as f:
+        csv.writer(f).writerows(lines)
+    workdir_lib.write_atomically(workdir / 'results.md', markdown(study, rows))
+    plots(study, rows, workdir)
+
+
+def plots(study: Study, rows: list[dict], workdir: epath.Path) -> list[epath.Path]:
+    """<workdir>/plots/: the metric against each hyperparameter, every trial's learning curves
+    (train loss; eval metric), and parameter importance where it can be estimated."""
+    from bigjax import viz, writers
+    out = workdir / 'plots'
+    out.mkdir(exist_ok=True)
+    done = [r for r in rows if r['status'] == 'done']
+    written = []
+    for key in dict.fromkeys(k for r in done for k in r['overrides']):
+        values = [r['overrides'][key] for r in done if key in r['overrides']]
+        if len({json.dumps(v) for v in values}) > 1:
+            written.append(viz.metric_vs_parameter(
+                values, [r['metrics'][study.metric] for r in done if key in r['overrides']],
+                out / f'{study.metric}_vs_{key}.png', parameter=key, metric=study.metric))
+    for split, metric in (('train', 'loss'), ('eval', study.metric)):
+        curves = {}
+        for r in rows:
+            series = [(m['step'], m[metric]) for m in writers.read_metrics(
+                workdir / 'trials' / r['trial'] / 'run') if m['split'] == split and metric in m]
+            if series:
+                curves[f'{r["trial"]} {_describe(r["overrides"])}'[:60]] = tuple(zip(*series))
+        if curves:
+            written.append(viz.overlaid_curves(curves, out / f'curves_{split}_{metric}.png',
+                                               title=f'{split} {metric}, every trial',
+                                               ylabel=metric))
+    ranked = importances(study, rows)
+    if ranked:
+        written.append(viz.importance_bars(ranked, out / 'importance.png', metric=study.metric))
+    return written
+
+
+def markdown(study: Study, rows: list[dict], metrics: tuple = ()) -> str:
+    """A Markdown table, one row per trial, the best in bold; `metrics` beside the study's."""
+    keys = list(dict.fromkeys(k for r in rows for k in r['overrides']))
+    shown = [study.metric, *(m for m in metrics if m != study.metric)]
+    winner = best(study, rows)
+    out = ['| trial | ' + ' | '.join(k.split('.')[-1] for k in keys) + ' | '
+           + ' | '.join(shown) + ' | time | status |',
+           '|---' * (len(keys) + len(shown) + 3) + '|']
+    for r in rows:
+        cells = [r['trial'], *(_format(r['overrides'].get(k, '')) for k in keys),
+                 *(_format(r['metrics'].get(m, '')) for m in shown), f'{r["seconds"]:.0f} s',
+                 r['status'] if r['status'] == 'done' else f'failed: {r["error"][:60]}']
+        if r is winner:
+            cells = [f'**{c}**' for c in cells]
+        out.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(out) + '\n'
+
+
+def _format(value) -> str:
+    if isinstance(value, float):
+        return f'{value:.4g}'
+    if isinstance(value, (list, tuple)):
+        return '(' + ', '.join(_format(v) for v in value) + ')'
+    return str(value)
+
+
+def importances(study: Study, rows: list[dict]) -> dict[str, float]:
+    """optuna's fANOVA importance of each searched key for the metric, from the finished trials
+    (any search); {} with fewer than 4 finished trials or nothing that varies."""
+    import optuna
+    done = [r for r in rows if r['status'] == 'done']
+    varying = [k for k in dict.fromkeys(k for r in done for k in r['overrides'])
+               if len({json.dumps(r['overrides'].get(k)) for r in done}) > 1]
+    if len(done) < 4 or not varying:
+        return {}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    memory = optuna.create_study(direction='maximize' if study.goal == 'max' else 'minimize')
+    for r in done:
+        params, distributions = {}, {}
+        for key in varying:
+            value = r['overrides'].get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                values = [d['overrides'][key] for d in done]
+                log = min(values) > 0 and max(values) / min(values) >= 10
+                params[key] = float(value)
+                distributions[key] = optuna.distributions.FloatDistribution(
+                    float(min(values)), float(max(values)), log=log)
+            else:
+                choices = sorted({json.dumps(d['overrides'].get(key)) for d in done})
+                params[key] = json.dumps(value)
+                distributions[key] = optuna.distributions.CategoricalDistribution(choices)
+        memory.add_trial(optuna.trial.create_trial(
+            params=params, distributions=distributions, value=r['metrics'][study.metric]))
+    return optuna.importance.get_param_importances(
+        memory, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+
+
+def main(study: Study) -> None:
+    """The command line of an experiments/ script that defines `study`."""
+    parser = argparse.ArgumentParser(description=f'Study {study.name}: {study.metric} '
+                                                 f'({study.goal}) over {list(study.space)}')
+    parser.add_argument('--workdir', required=True, help='the study folder (reruns resume)')
+    parser.add_argument('--search', default=study.search, help=f'one of {list(SEARCHES)}')
+    parser.add_argument('--trials', type=int, default=0,
+                        help='trial budget; 0 = the study\'s default (grid: all)')
+    parser.add_argument('--workers', type=int, default=1, help='trials run at once')
+    parser.add_argument('--seed', type=int, default=0, help='random and bayes search seed')
+    args = parser.parse_args()
+    try:
+        rows = run(study, args.workdir, search=args.search, trials=args.trials,
+                   workers=args.workers, seed=args.seed)
+    except UserError as e:
+        raise SystemExit(f'error: {e}')
+    print('\n' + markdown(study, rows))
+    winner = best(study, rows)
+    if winner:
+        print(f'best: trial {winner["trial"]} {_describe(winner["overrides"])} -> '
+              f'{study.metric} {winner["metrics"][study.metric]:.6g}')
+    print(f'results: {os.path.join(args.workdir, "results.csv")}, results.md and plots there')
