@@ -21,7 +21,13 @@ def default_config() -> ml_collections.ConfigDict:
     c.seed = 0  # Seeds parameter init, dropout and the data order.
 
     c.data = ml_collections.ConfigDict()
-    c.data.name = 'sklearn_digits'  # a tfds name, an offline builder, or 'synthetic'
+    c.data.name = 'sklearn_digits'  # a tfds name, an offline builder, 'synthetic', or your own
+    # files: 'text_files' (data.paths: comma-separated files or globs) or 'image_folder'
+    # (data.paths: a folder with a sub-folder per class, or train/ and test/ holding those)
+    c.data.paths = ''
+    c.data.val_fraction = 0.1  # text_files: the last fraction of the characters is the eval split;
+    # image_folder without train/ and test/: a fraction of each class, chosen by file name hash
+    c.data.image_shape = (32, 32, 3)  # image_folder: images are resized to (height, width, channels)
     c.data.data_dir = ''  # tfds data_dir; '' is tfds' default (~/tensorflow_datasets)
     c.data.download = True  # allow downloading/preparing a tfds dataset that is not prepared
     c.data.train_split = 'train'
@@ -37,7 +43,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.text.task = 'auto'  # 'lm' | 'classification' | 'auto' (classification if labelled)
     c.data.text.feature = 'text'  # the tfds feature holding the text
     c.data.text.label_feature = 'label'  # classification: a ClassLabel or bool feature
-    c.data.text.tokenizer = 'byte'  # 'byte' (258 ids) | 'bpe' (trained on the train split)
+    c.data.text.tokenizer = 'byte'  # 'byte' (258 ids) | 'char' | 'bpe' (learnt from the train split)
     c.data.text.vocab_size = 4096  # 'bpe' only
     c.data.text.seq_len = 256  # tokens per sequence: packed (lm) or truncated and padded
     c.data.text.unicode_form = 'NFC'  # unicode normalisation; '' = none

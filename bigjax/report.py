@@ -442,14 +442,15 @@ def _samples(plan, state) -> str:
         return '<p>Not a language model.</p>'
     from bigjax import sample
     new_tokens = plan.config.report.sample_tokens
-    prompt_length = min(32, plan.model.cfg.max_len - new_tokens)
-    if prompt_length < 1 or new_tokens < 1:
-        return '<p>report.sample_tokens leaves no room for a prompt in max_len.</p>'
+    prompt_length = min(32, plan.model.cfg.max_len // 2)
+    if new_tokens < 1:
+        return '<p>report.sample_tokens is 0.</p>'
     tokens = dataset.eval.arrays['tokens']
     picks = np.linspace(0, len(tokens) - 1, num=min(3, len(tokens))).astype(int)
     prompts = np.asarray(tokens[picks, :prompt_length], np.int32)
-    out = sample.generate(plan.model, state.params, prompts, jax.random.PRNGKey(plan.config.seed),
-                          num_tokens=new_tokens, temperature=0.8, top_k=0)
+    out = sample.generate_any_length(plan.model, state.params, prompts,
+                                     jax.random.PRNGKey(plan.config.seed),
+                                     num_tokens=new_tokens, temperature=0.8, top_k=0)
     out = jax.device_get(out)
     decode = dataset.tokenizer.decode
     rows = [[decode(p), decode(o[prompt_length:])] for p, o in zip(prompts, out)]

@@ -1,6 +1,7 @@
 """Autoregressive sampling from a TransformerLM with its key/value cache.
 
-The prompt fills the cache in one call; each new token then costs one single-token call. With
+The prompt fills the cache in one call; each new token then costs one single-token call; past
+max_len positions, a sliding window refills it (generate_any_length). With
 temperature 0 the most likely token is taken; otherwise tokens are drawn from
 softmax(logits / temperature), restricted to the `top_k` most likely when top_k > 0.
 """
@@ -53,11 +54,23 @@ def generate(model: TransformerLM, params, prompt_BT: jax.Array, rng: jax.Array,
     return jnp.concatenate([prompt_BT, tokens_NB.T], axis=1)
 
 
-def check_length(model: TransformerLM, prompt_length: int, num_tokens: int) -> None:
-    if prompt_length < 1 or prompt_length + num_tokens > model.cfg.max_len:
-        raise UserError(f'a prompt of {prompt_length} tokens plus {num_tokens} new ones must fit '
-                        f'in model.transformer.max_len={model.cfg.max_len} (and the prompt must '
-                        'not be empty)')
+def generate_any_length(model: TransformerLM, params, prompt_BT: jax.Array, rng: jax.Array, *,
+                        num_tokens: int, temperature: float = 1.0, top_k: int = 0) -> jax.Array:
+    """`generate` past the model's max_len positions, as a sliding window: once the cache is
+    full, sampling goes on from the last max_len // 2 tokens (renumbered from position 0). The
+    prompt keeps its last max_len - 1 tokens. (B, T + num_tokens) int32."""
+    if prompt_BT.shape[1] < 1:
+        raise UserError('the prompt must not be empty')
+    max_len, out = model.cfg.max_len, prompt_BT
+    context_BT = prompt_BT[:, -(max_len - 1):]
+    while out.shape[1] < prompt_BT.shape[1] + num_tokens:
+        count = min(prompt_BT.shape[1] + num_tokens - out.shape[1], max_len - context_BT.shape[1])
+        rng, draw_rng = jax.random.split(rng)
+        new_BN = generate(model, params, context_BT, draw_rng, num_tokens=count,
+                          temperature=temperature, top_k=top_k)[:, context_BT.shape[1]:]
+        out = jnp.concatenate([out, new_BN], axis=1)
+        context_BT = out[:, -(max_len // 2):]
+    return out
 
 
 def from_workdir(config, workdir, prompt: str, *, num_tokens: int, temperature: float,
@@ -71,8 +84,7 @@ def from_workdir(config, workdir, prompt: str, *, num_tokens: int, temperature: 
                         f'data.name={config.data.name!r} with model.name={config.model.name!r} '
                         'is not one')
     ids = [EOS_ID, *plan.dataset.tokenizer.encode_batch([prompt])[0]]  # as a document starts
-    check_length(plan.model, len(ids), num_tokens)
-    out = generate(plan.model, state.params, jnp.asarray([ids], jnp.int32),
-                   jax.random.PRNGKey(seed), num_tokens=num_tokens, temperature=temperature,
-                   top_k=top_k)
+    out = generate_any_length(plan.model, state.params, jnp.asarray([ids], jnp.int32),
+                              jax.random.PRNGKey(seed), num_tokens=num_tokens,
+                              temperature=temperature, top_k=top_k)
     return plan.dataset.tokenizer.decode(jax.device_get(out[0, len(ids):]))

@@ -18,6 +18,7 @@ import math
 import multiprocessing
 import os
 import random
+import subprocess
 import time
 from typing import Any
 
@@ -146,9 +147,34 @@ def _suggest(trial, space: dict) -> dict:
     return _expand(point)
 
 
-def run_trial(study: Study, overrides: dict, folder: str) -> None:
-    """One trial, in its own process (its output to <folder>/log.txt): trains, then writes
-    result.json (done or failed)."""
+def device_groups(workers: int) -> list[dict]:
+    """The environment of each worker slot. With several workers on a machine with GPUs, each
+    sees its own share of them (CUDA_VISIBLE_DEVICES); otherwise nothing changes (CPU trials share
+    the cores; a TPU host runs one trial at a time)."""
+    visible = os.environ.get('CUDA_VISIBLE_DEVICES')
+    if visible is not None:
+        gpus = [g for g in visible.split(',') if g.strip()]
+    else:
+        try:
+            listing = subprocess.run(['nvidia-smi', '-L'], capture_output=True, text=True,
+                                     timeout=30).stdout
+        except (OSError, subprocess.SubprocessError):
+            listing = ''
+        gpus = [str(i) for i, line in enumerate(listing.splitlines()) if line.startswith('GPU ')]
+    if workers == 1 or not gpus:
+        return [{} for _ in range(workers)]
+    if len(gpus) < workers:
+        raise UserError(f'--workers={workers} needs at least one GPU each; this machine shows '
+                        f'{len(gpus)}')
+    share = len(gpus) // workers
+    return [{'CUDA_VISIBLE_DEVICES': ','.join(gpus[i * share:(i + 1) * share])}
+            for i in range(workers)]
+
+
+def run_trial(study: Study, overrides: dict, folder: str, env: dict | None = None) -> None:
+    """One trial, in its own process (its output to <folder>/log.txt; `env` set before JAX
+    starts): trains, then writes result.json (done or failed)."""
+    os.environ.update(env or {})
     from bigjax import train
     start = time.time()
     log = os.open(os.path.join(folder, 'log.txt'), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -178,7 +204,8 @@ class _Runner:
     def __init__(self, study: Study, workdir: epath.Path, workers: int):
         self.study, self.workdir, self.workers = study, workdir, workers
         self.context = multiprocessing.get_context('spawn')
-        self.running: dict[str, Any] = {}
+        self.running: dict[str, Any] = {}  # trial id -> (process, slot)
+        self.slots = device_groups(workers)  # each slot's environment
 
     def folder(self, trial_id: str) -> epath.Path:
         return self.workdir / 'trials' / trial_id
@@ -193,15 +220,16 @@ class _Runner:
         workdir_lib.write_atomically(folder / 'trial.json',
                                      json.dumps({'overrides': overrides}) + '\n')
         print(f'trial {trial_id}: {_describe(overrides)}', flush=True)
-        process = self.context.Process(target=run_trial,
-                                       args=(self.study, overrides, os.fspath(folder)))
+        slot = min(set(range(self.workers)) - {slot for _, slot in self.running.values()})
+        process = self.context.Process(target=run_trial, args=(
+            self.study, overrides, os.fspath(folder), self.slots[slot]))
         process.start()
-        self.running[trial_id] = process
+        self.running[trial_id] = (process, slot)
 
     def wait_for_one(self) -> tuple[str, dict]:
         """Blocks until a running trial ends; (its id, its result)."""
         while True:
-            for trial_id, process in list(self.running.items()):
+            for trial_id, (process, _) in list(self.running.items()):
                 if not process.is_alive():
                     process.join()
                     del self.running[trial_id]
@@ -357,12 +385,15 @@ def plots(study: Study, rows: list[dict], workdir: epath.Path) -> list[epath.Pat
             series = [(m['step'], m[metric]) for m in writers.read_metrics(
                 workdir / 'trials' / r['trial'] / 'run') if m['split'] == split and metric in m]
             if series:
-                curves[f'{r["trial"]} {_describe(r["overrides"])}'[:60]] = tuple(zip(*series))
+                short = ' '.join(f'{k.split(".")[-1]}={_format(v)}'
+                                 for k, v in r['overrides'].items())
+                curves[f'{r["trial"]} {short}'[:70]] = tuple(zip(*series))
         if curves:
             written.append(viz.overlaid_curves(curves, out / f'curves_{split}_{metric}.png',
                                                title=f'{split} {metric}, every trial',
                                                ylabel=metric))
-    ranked = importances(study, rows)
+    ranked = {','.join(k.split('.')[-1] for k in name.split(',')): v
+              for name, v in importances(study, rows).items()}
     if ranked:
         written.append(viz.importance_bars(ranked, out / 'importance.png', metric=study.metric))
     return written
@@ -395,34 +426,40 @@ def _format(value) -> str:
 
 
 def importances(study: Study, rows: list[dict]) -> dict[str, float]:
-    """optuna's fANOVA importance of each searched key for the metric, from the finished trials
-    (any search); {} with fewer than 4 finished trials or nothing that varies."""
+    """optuna's fANOVA importance of each searched key (a zip of keys counts as one) for the
+    metric, from the finished trials of any search; {} with fewer than 4 finished trials or
+    nothing that varies."""
     import optuna
     done = [r for r in rows if r['status'] == 'done']
-    varying = [k for k in dict.fromkeys(k for r in done for k in r['overrides'])
-               if len({json.dumps(r['overrides'].get(k)) for r in done}) > 1]
+    factors = {(','.join(k) if isinstance(k, tuple) else k): (k if isinstance(k, tuple) else (k,))
+               for k in study.space}
+    value = lambda r, keys: (r['overrides'].get(keys[0]) if len(keys) == 1
+                             else json.dumps([r['overrides'].get(k) for k in keys]))
+    varying = {name: keys for name, keys in factors.items()
+               if len({json.dumps(value(r, keys)) for r in done}) > 1}
     if len(done) < 4 or not varying:
         return {}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     memory = optuna.create_study(direction='maximize' if study.goal == 'max' else 'minimize')
+    distributions = {}
+    for name, keys in varying.items():
+        values = [value(r, keys) for r in done]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            log = min(values) > 0 and max(values) / min(values) >= 10
+            distributions[name] = optuna.distributions.FloatDistribution(
+                float(min(values)), float(max(values)), log=log)
+        else:
+            distributions[name] = optuna.distributions.CategoricalDistribution(
+                sorted({json.dumps(v) for v in values}))
     for r in done:
-        params, distributions = {}, {}
-        for key in varying:
-            value = r['overrides'].get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                values = [d['overrides'][key] for d in done]
-                log = min(values) > 0 and max(values) / min(values) >= 10
-                params[key] = float(value)
-                distributions[key] = optuna.distributions.FloatDistribution(
-                    float(min(values)), float(max(values)), log=log)
-            else:
-                choices = sorted({json.dumps(d['overrides'].get(key)) for d in done})
-                params[key] = json.dumps(value)
-                distributions[key] = optuna.distributions.CategoricalDistribution(choices)
+        params = {name: (json.dumps(value(r, keys)) if isinstance(
+            distributions[name], optuna.distributions.CategoricalDistribution)
+            else float(value(r, keys))) for name, keys in varying.items()}
         memory.add_trial(optuna.trial.create_trial(
             params=params, distributions=distributions, value=r['metrics'][study.metric]))
-    return optuna.importance.get_param_importances(
+    ranked = optuna.importance.get_param_importances(
         memory, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    return {name: float(v) for name, v in ranked.items()}
 
 
 def main(study: Study) -> None:

@@ -178,15 +178,17 @@ def metric_vs_parameter(values: list, metrics: list[float], path, *, parameter: 
 
 def overlaid_curves(curves: dict[str, tuple], path, *, title: str, ylabel: str):
     """Several runs' (steps, values) on one axis, one line each, labelled."""
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = plt.subplots(figsize=(8.5, 3.6))
+    if len(curves) > 10:
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)
     for label, (steps, values) in curves.items():
         ax.plot(steps, values, marker='.', markersize=3, linewidth=1, label=label)
     ax.set_xlabel('step')
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    if len(curves) <= 16:
-        ax.legend(fontsize=6)
+    if len(curves) <= 24:
+        ax.legend(fontsize=6, loc='center left', bbox_to_anchor=(1.01, 0.5))
     return _save(fig, path)
 
 

@@ -26,7 +26,7 @@ from bigjax import train  # noqa: E402
 
 TASKS = {'digits': 'configs.digits_transfer', 'stdlib': 'configs.stdlib_transfer',
          'mnist': 'configs.mnist_transfer', 'imdb': 'configs.imdb_transfer'}
-METRICS = ('accuracy', 'f1_macro', 'auc_macro')
+METRICS = ('accuracy', 'f1_macro', 'auc')  # auc: macro over classes (auc_macro) when > 2
 COMPARED = ('finetune', 'scratch')
 
 
@@ -58,8 +58,9 @@ def table(results: dict) -> str:
     lines = ['| seed | ' + ' | '.join(f'{stage} {m}' for stage in COMPARED for m in METRICS) + ' |',
              '|---' * (1 + len(COMPARED) * len(METRICS)) + '|']
     for seed, result in results.items():
-        lines.append(f'| {seed} | ' + ' | '.join(f'{result[stage][m]:.4f}' for stage in COMPARED
-                                                 for m in METRICS) + ' |')
+        lines.append(f'| {seed} | ' + ' | '.join(
+            f'{result[stage].get(m, result[stage].get(m + "_macro", float("nan"))):.4f}'
+            for stage in COMPARED for m in METRICS) + ' |')
     for stage in COMPARED:
         accuracies = [r[stage]['accuracy'] for r in results.values()]
         spread = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0

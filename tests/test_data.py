@@ -133,9 +133,13 @@ def test_unknown_dataset_is_a_clear_error():
         data.open_dataset(data_config(name='mnistt'))
 
 
-def test_unknown_split_is_a_clear_error():
+def test_unknown_split_is_a_clear_error_and_splits_combine():
     with pytest.raises(UserError, match="no split 'validation'"):
         data.open_dataset(data_config(name='sklearn_digits', eval_split='validation'))
+    with pytest.raises(UserError, match=r"no split 'valid\[:5\]'"):
+        data.open_dataset(data_config(name='sklearn_digits', eval_split='test+valid[:5]'))
+    both = data.open_dataset(data_config(name='sklearn_digits', eval_split='test+train[:10]'))
+    assert len(both.eval) == 360 + 10
 
 
 def test_dataset_needing_download_offline_is_a_clear_error(tmp_path, monkeypatch):

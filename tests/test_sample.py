@@ -1,6 +1,7 @@
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import pytest
 
 from bigjax import finetune, sample, train
@@ -48,5 +49,5 @@ def test_sampling_errors_are_clear(trained_lm, tmp_path):
     config = load_config('transformer_cpu', 'smoke')
     with pytest.raises(UserError, match='holds no checkpoint: train there first'):
         sample.from_workdir(config, tmp_path, 'x', num_tokens=5, temperature=1.0, top_k=0)
-    with pytest.raises(UserError, match='must fit in model.transformer.max_len=32'):
-        sample.from_workdir(config, trained_lm, 'x', num_tokens=40, temperature=1.0, top_k=0)
+    with pytest.raises(UserError, match='must not be empty'):
+        sample.generate_any_length(None, None, jnp.zeros((1, 0), jnp.int32), None, num_tokens=4)

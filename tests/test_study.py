@@ -119,6 +119,18 @@ def test_bayes_study_resumes_from_its_optuna_storage(tmp_path):
     assert sorted(t.value for t in stored.trials) == sorted(r['metrics']['loss'] for r in more)
 
 
+def test_parallel_workers_each_get_their_own_gpus(monkeypatch):
+    monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '0,1,2,3')
+    assert study.device_groups(2) == [{'CUDA_VISIBLE_DEVICES': '0,1'},
+                                      {'CUDA_VISIBLE_DEVICES': '2,3'}]
+    assert [g['CUDA_VISIBLE_DEVICES'] for g in study.device_groups(3)] == ['0', '1', '2']
+    assert study.device_groups(1) == [{}]
+    with pytest.raises(UserError, match='--workers=5 needs at least one GPU each'):
+        study.device_groups(5)
+    monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '')  # no GPU: CPU trials share the machine
+    assert study.device_groups(2) == [{}, {}]
+
+
 @pytest.mark.parametrize('path', sorted((REPO / 'experiments').glob('*.py')),
                          ids=lambda p: p.stem)
 def test_every_shipped_study_is_valid(path):

@@ -97,6 +97,21 @@ def test_kv_cache_decoding_equals_full_recomputation(positions):
     np.testing.assert_array_equal(cached, full)
 
 
+def test_sampling_past_max_len_slides_a_window():
+    """Within max_len, generate_any_length is generate; past it, each new token follows the
+    last max_len // 2 tokens (checked greedily against recomputation on those windows)."""
+    model, params = lm(config())  # max_len 24
+    prompt = tokens((2, 5))
+    out = sample.generate_any_length(model, params, prompt, jax.random.PRNGKey(0),
+                                     num_tokens=40, temperature=0.0)
+    assert out.shape == (2, 45)
+    np.testing.assert_array_equal(out[:, :24], sample.generate(
+        model, params, prompt, jax.random.PRNGKey(0), num_tokens=19, temperature=0.0))
+    apply = jax.jit(lambda x: model.apply({'params': params}, x, train=False))
+    window = out[:, 24 - 12:24]  # the cache was full: the next token follows the last 12
+    np.testing.assert_array_equal(out[:, 24], jnp.argmax(apply(window)[:, -1], -1))
+
+
 def test_sampling_respects_top_k_and_the_rng():
     model, params = lm(config())
     prompt = tokens((4, 3))

@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from bigjax.data import cache, sources, text, tokenizers
+from bigjax.data import cache, image_folder, sources, text, text_files, tokenizers
 from bigjax.errors import UserError
 
 log = logging.getLogger('bigjax')
@@ -99,6 +99,10 @@ def select(dataset: Dataset, classes: tuple, train_per_class: int) -> Dataset:
 def _open(data_config) -> Dataset:
     if data_config.name == 'synthetic':
         return _synthetic(data_config)
+    if data_config.name == 'text_files':
+        return text_files.open_text_files(data_config)
+    if data_config.name == 'image_folder':
+        return image_folder.open_image_folder(data_config)
     builder = sources.open_builder(data_config)
     features = builder.info.features
     if 'image' in features:
@@ -236,21 +240,22 @@ def _documents(builder, tfds_split, feature: str, label_feature: str | None):
 
 
 def _tokenizer(builder, train_split, text_config, cleaning: dict) -> tokenizers.Tokenizer:
-    """The byte tokenizer, or BPE trained on the cleaned training split (cached beside it)."""
-    if text_config.tokenizer == 'byte':
+    """The byte tokenizer, or characters / BPE learnt from the cleaned training split (cached
+    beside it)."""
+    kind = text_config.tokenizer
+    if kind == 'byte':
         return tokenizers.ByteTokenizer()
 
     def build():
         docs, _ = _documents(builder, train_split, text_config.feature, None)
         docs, _, _ = text.clean_documents(docs, **cleaning)
-        log.info('Training a %d-token BPE on %s %s', text_config.vocab_size, train_split.name,
-                 train_split.split)
-        return {}, {'tokenizer': tokenizers.train_bpe(docs, text_config.vocab_size)}
+        log.info('Learning a %s tokenizer from %s %s', kind, train_split.name, train_split.split)
+        return {}, {'tokenizer': tokenizers.train(kind, docs, text_config.vocab_size)}
 
-    key = {'kind': 'bpe', 'vocab_size': text_config.vocab_size, 'feature': text_config.feature,
-           **cleaning}
+    key = {'kind': kind, 'feature': text_config.feature, **cleaning,
+           **({'vocab_size': text_config.vocab_size} if kind == 'bpe' else {})}
     _, report = _cached(train_split, key, build)
-    return tokenizers.BpeTokenizer(report['tokenizer'])
+    return tokenizers.load(kind, report['tokenizer'])
 
 
 def _cached(tfds_split, key: dict, build):

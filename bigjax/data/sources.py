@@ -70,8 +70,9 @@ def open_split(builder, split: str, data_config) -> TfdsSplit:
             f'bigjax reads array_record: set --config.data.data_dir to an empty folder, '
             f'or rebuild it with `tfds build {builder.info.name} --file_format=array_record`')
     known = list(builder.info.splits)
-    if split.split('[')[0] not in known:
-        raise UserError(f'dataset {name!r} has no split {split!r}; its splits are {known}')
+    unknown = [part for part in split.split('+') if part.split('[')[0] not in known]
+    if unknown:  # tfds split syntax: 'train[:90%]', 'validation+test'
+        raise UserError(f'dataset {name!r} has no split {unknown[0]!r}; its splits are {known}')
     if builder.info.splits[split].num_examples == 0:
         raise UserError(f'split {split!r} of dataset {name!r} has no examples')
     try:

@@ -1,7 +1,9 @@
-"""Text <-> token ids: byte-level (no training) or byte-level BPE trained once and cached.
+"""Text <-> token ids: byte-level (no training), characters of the training text, or byte-level
+BPE trained once and cached.
 
-Both reserve id 0 for padding and id 1 for end-of-document, and both round-trip any UTF-8 text
-exactly (whitespace and newlines included, which code needs).
+All reserve id 0 for padding and id 1 for end-of-document. Byte and BPE round-trip any UTF-8 text
+exactly (whitespace and newlines included, which code needs); characters round-trip any text made
+of the training text's characters (others become one unknown id).
 """
 
 import hashlib
@@ -13,7 +15,8 @@ from bigjax.errors import UserError
 
 PAD_ID = 0
 EOS_ID = 1
-TOKENIZERS = ('byte', 'bpe')
+UNKNOWN_ID = 2  # 'char': a character the training text does not have
+TOKENIZERS = ('byte', 'char', 'bpe')
 
 
 class Tokenizer(Protocol):
@@ -73,6 +76,34 @@ class BpeTokenizer:
         return _lengths(tokens)
 
 
+class CharTokenizer:
+    """One id per distinct character of the training text, in code point order, after the pad,
+    end-of-document and unknown ids (nanoGPT's character-level setting)."""
+
+    _offset = 3
+
+    def __init__(self, chars: str):
+        self.chars = chars
+        self.vocab_size = self._offset + len(chars)
+        self._ids = {c: i + self._offset for i, c in enumerate(chars)}
+        self.name = f'char{len(chars)}-{hashlib.sha256(chars.encode()).hexdigest()[:12]}'
+
+    @classmethod
+    def from_texts(cls, texts: Iterable[str]) -> 'CharTokenizer':
+        return cls(''.join(sorted(set().union(*map(set, texts)))))
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        return [np.fromiter((self._ids.get(c, UNKNOWN_ID) for c in t), np.int32, len(t))
+                for t in texts]
+
+    def decode(self, ids) -> str:
+        return ''.join(self.chars[i - self._offset] if i >= self._offset else '\ufffd'
+                       for i in map(int, ids) if i not in (PAD_ID, EOS_ID))
+
+    def token_lengths(self) -> tuple[np.ndarray, np.ndarray]:
+        return _lengths([b''] * 2 + ['\ufffd'.encode()] + [c.encode() for c in self.chars])
+
+
 def _byte_level_chars() -> dict[int, str]:
     """The printable character byte-level BPE writes for each byte (GPT-2's convention:
     printable Latin-1 bytes stand for themselves, the rest map to code points from 256 on)."""
@@ -100,6 +131,20 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> str:
                                   show_progress=False)
     tokenizer.train_from_iterator(texts, trainer)
     return tokenizer.to_str()
+
+
+def train(kind: str, texts: list[str], vocab_size: int) -> str:
+    """A trained tokenizer of `kind` ('char' or 'bpe') as a string, for caches (see load)."""
+    if kind == 'char':
+        return CharTokenizer.from_texts(texts).chars
+    return train_bpe(texts, vocab_size)
+
+
+def load(kind: str, trained: str = '') -> Tokenizer:
+    """The tokenizer of `kind`, from what `train` returned (nothing for 'byte')."""
+    if kind == 'byte':
+        return ByteTokenizer()
+    return CharTokenizer(trained) if kind == 'char' else BpeTokenizer(trained)
 
 
 def check(text_config) -> None:
