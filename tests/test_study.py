@@ -108,7 +108,7 @@ def test_a_failed_trial_is_recorded_the_study_resumes_and_results_match_the_runs
 def test_bayes_study_resumes_from_its_optuna_storage(tmp_path):
     bayes = study.Study(name='tiny_bayes', metric='loss', goal='min', search='bayes',
                         space={'optim.learning_rate': study.Uniform(1e-3, 1e-1, log=True)}, **TINY)
-    first = study.run(bayes, tmp_path, trials=2, seed=0)
+    first = study.run(bayes, tmp_path, trials=2, seed=0, workers=2)
     assert len(first) == 2 and all(r['status'] == 'done' for r in first)
     more = study.run(bayes, tmp_path, trials=3, seed=0)
     assert [r['overrides'] for r in more[:2]] == [r['overrides'] for r in first]
