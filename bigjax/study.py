@@ -4,13 +4,11 @@ Bayesian (optuna TPE) search; every trial a real training run in its own process
 <workdir>/trials/<id>/ holds trial.json (its overrides), run/ (the training workdir) and, once it
 ended, result.json (status, metrics, seconds, error). A trial that crashes or diverges is recorded
 as failed and the study goes on; rerunning skips ended trials and resumes interrupted ones. The
-Bayesian search keeps its optuna study in <workdir>/optuna.db. At the end: results.csv,
-results.md (best trial in bold) and plots (metric vs each hyperparameter, learning curves,
-parameter importance).
+Bayesian search keeps its optuna study in <workdir>/optuna.db. At the end, study_results.py
+writes results.csv, results.md and the plots.
 """
 
 import argparse
-import csv
 import dataclasses
 import itertools
 import json
@@ -25,6 +23,7 @@ from typing import Any
 from etils import epath
 
 from bigjax import config as config_lib
+from bigjax import study_results as results
 from bigjax import workdir as workdir_lib
 from bigjax.errors import UserError
 
@@ -277,8 +276,8 @@ def run(study: Study, workdir, *, search: str | None = None, trials: int = 0, wo
             runner.start(trial_id, points[index] if points else sample(study.space, seed, index))
         while runner.running:
             runner.wait_for_one()
-    rows = collect(study, workdir)
-    write_results(study, workdir, rows)
+    rows = results.collect(study, workdir)
+    results.write(study, workdir, rows)
     return rows
 
 
@@ -328,140 +327,6 @@ def _run_bayes(study: Study, runner: _Runner, budget: int, seed: int) -> None:
         tell(*runner.wait_for_one())
 
 
-def collect(study: Study, workdir: epath.Path) -> list[dict]:
-    """One row per trial folder that has ended: id, status, overrides, metrics, seconds, error."""
-    rows = []
-    trials_dir = workdir / 'trials'
-    for folder in sorted(trials_dir.iterdir()) if trials_dir.exists() else []:
-        if not (folder / 'result.json').exists():
-            continue
-        result = json.loads((folder / 'result.json').read_text())
-        overrides = json.loads((folder / 'trial.json').read_text())['overrides']
-        rows.append({'trial': folder.name, 'status': result['status'], 'overrides': overrides,
-                     'metrics': result['metrics'], 'seconds': result['seconds'],
-                     'error': result['error']})
-    return rows
-
-
-def best(study: Study, rows: list[dict]) -> dict | None:
-    done = [r for r in rows if r['status'] == 'done']
-    if not done:
-        return None
-    sign = 1 if study.goal == 'max' else -1
-    return max(done, key=lambda r: sign * r['metrics'][study.metric])
-
-
-def write_results(study: Study, workdir: epath.Path, rows: list[dict]) -> None:
-    """results.csv, results.md and the plots."""
-    keys = list(dict.fromkeys(k for r in rows for k in r['overrides']))
-    metrics = list(dict.fromkeys([study.metric, *(m for r in rows for m in r['metrics'])]))
-    header = ['trial', 'status', *keys, *metrics, 'seconds', 'error']
-    lines = [header] + [[r['trial'], r['status'], *(r['overrides'].get(k, '') for k in keys),
-                         *(r['metrics'].get(m, '') for m in metrics), r['seconds'], r['error']]
-                        for r in rows]
-    with open(workdir / 'results.csv', 'w', newline='') as f:
-        csv.writer(f).writerows(lines)
-    workdir_lib.write_atomically(workdir / 'results.md', markdown(study, rows))
-    plots(study, rows, workdir)
-
-
-def plots(study: Study, rows: list[dict], workdir: epath.Path) -> list[epath.Path]:
-    """<workdir>/plots/: the metric against each hyperparameter, every trial's learning curves
-    (train loss; eval metric), and parameter importance where it can be estimated."""
-    from bigjax import viz, writers
-    out = workdir / 'plots'
-    out.mkdir(exist_ok=True)
-    done = [r for r in rows if r['status'] == 'done']
-    written = []
-    for key in dict.fromkeys(k for r in done for k in r['overrides']):
-        values = [r['overrides'][key] for r in done if key in r['overrides']]
-        if len({json.dumps(v) for v in values}) > 1:
-            written.append(viz.metric_vs_parameter(
-                values, [r['metrics'][study.metric] for r in done if key in r['overrides']],
-                out / f'{study.metric}_vs_{key}.png', parameter=key, metric=study.metric))
-    for split, metric in (('train', 'loss'), ('eval', study.metric)):
-        curves = {}
-        for r in rows:
-            series = [(m['step'], m[metric]) for m in writers.read_metrics(
-                workdir / 'trials' / r['trial'] / 'run') if m['split'] == split and metric in m]
-            if series:
-                short = ' '.join(f'{k.split(".")[-1]}={_format(v)}'
-                                 for k, v in r['overrides'].items())
-                curves[f'{r["trial"]} {short}'[:70]] = tuple(zip(*series))
-        if curves:
-            written.append(viz.overlaid_curves(curves, out / f'curves_{split}_{metric}.png',
-                                               title=f'{split} {metric}, every trial',
-                                               ylabel=metric))
-    ranked = {','.join(k.split('.')[-1] for k in name.split(',')): v
-              for name, v in importances(study, rows).items()}
-    if ranked:
-        written.append(viz.importance_bars(ranked, out / 'importance.png', metric=study.metric))
-    return written
-
-
-def markdown(study: Study, rows: list[dict], metrics: tuple = ()) -> str:
-    """A Markdown table, one row per trial, the best in bold; `metrics` beside the study's."""
-    keys = list(dict.fromkeys(k for r in rows for k in r['overrides']))
-    shown = [study.metric, *(m for m in metrics if m != study.metric)]
-    winner = best(study, rows)
-    out = ['| trial | ' + ' | '.join(k.split('.')[-1] for k in keys) + ' | '
-           + ' | '.join(shown) + ' | time | status |',
-           '|---' * (len(keys) + len(shown) + 3) + '|']
-    for r in rows:
-        cells = [r['trial'], *(_format(r['overrides'].get(k, '')) for k in keys),
-                 *(_format(r['metrics'].get(m, '')) for m in shown), f'{r["seconds"]:.0f} s',
-                 r['status'] if r['status'] == 'done' else f'failed: {r["error"][:60]}']
-        if r is winner:
-            cells = [f'**{c}**' for c in cells]
-        out.append('| ' + ' | '.join(cells) + ' |')
-    return '\n'.join(out) + '\n'
-
-
-def _format(value) -> str:
-    if isinstance(value, float):
-        return f'{value:.4g}'
-    if isinstance(value, (list, tuple)):
-        return '(' + ', '.join(_format(v) for v in value) + ')'
-    return str(value)
-
-
-def importances(study: Study, rows: list[dict]) -> dict[str, float]:
-    """optuna's fANOVA importance of each searched key (a zip of keys counts as one) for the
-    metric, from the finished trials of any search; {} with fewer than 4 finished trials or
-    nothing that varies."""
-    import optuna
-    done = [r for r in rows if r['status'] == 'done']
-    factors = {(','.join(k) if isinstance(k, tuple) else k): (k if isinstance(k, tuple) else (k,))
-               for k in study.space}
-    value = lambda r, keys: (r['overrides'].get(keys[0]) if len(keys) == 1
-                             else json.dumps([r['overrides'].get(k) for k in keys]))
-    varying = {name: keys for name, keys in factors.items()
-               if len({json.dumps(value(r, keys)) for r in done}) > 1}
-    if len(done) < 4 or not varying:
-        return {}
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    memory = optuna.create_study(direction='maximize' if study.goal == 'max' else 'minimize')
-    distributions = {}
-    for name, keys in varying.items():
-        values = [value(r, keys) for r in done]
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            log = min(values) > 0 and max(values) / min(values) >= 10
-            distributions[name] = optuna.distributions.FloatDistribution(
-                float(min(values)), float(max(values)), log=log)
-        else:
-            distributions[name] = optuna.distributions.CategoricalDistribution(
-                sorted({json.dumps(v) for v in values}))
-    for r in done:
-        params = {name: (json.dumps(value(r, keys)) if isinstance(
-            distributions[name], optuna.distributions.CategoricalDistribution)
-            else float(value(r, keys))) for name, keys in varying.items()}
-        memory.add_trial(optuna.trial.create_trial(
-            params=params, distributions=distributions, value=r['metrics'][study.metric]))
-    ranked = optuna.importance.get_param_importances(
-        memory, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
-    return {name: float(v) for name, v in ranked.items()}
-
-
 def main(study: Study) -> None:
     """The command line of an experiments/ script that defines `study`."""
     parser = argparse.ArgumentParser(description=f'Study {study.name}: {study.metric} '
@@ -478,8 +343,8 @@ def main(study: Study) -> None:
                    workers=args.workers, seed=args.seed)
     except UserError as e:
         raise SystemExit(f'error: {e}')
-    print('\n' + markdown(study, rows))
-    winner = best(study, rows)
+    print('\n' + results.markdown(study, rows))
+    winner = results.best(study, rows)
     if winner:
         print(f'best: trial {winner["trial"]} {_describe(winner["overrides"])} -> '
               f'{study.metric} {winner["metrics"][study.metric]:.6g}')

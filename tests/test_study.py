@@ -7,7 +7,7 @@ import json
 import optuna
 import pytest
 
-from bigjax import study, writers
+from bigjax import study, study_results, writers
 from bigjax.errors import UserError
 from conftest import REPO
 
@@ -90,7 +90,7 @@ def test_a_failed_trial_is_recorded_the_study_resumes_and_results_match_the_runs
             assert float(row['accuracy']) == pytest.approx(final['accuracy'], rel=1e-12)
             assert float(row['loss']) == pytest.approx(final['loss'], rel=1e-12)
     markdown = (tmp_path / 'results.md').read_text()
-    winner = study.best(grid_study, rows)
+    winner = study_results.best(grid_study, rows)
     assert f'| **{winner["trial"]}** |' in markdown and 'failed: UserError' in markdown
     assert (tmp_path / 'plots' / 'curves_train_loss.png').exists()
     assert (tmp_path / 'plots' / 'accuracy_vs_model.cnn.activation.png').exists()
