@@ -63,11 +63,16 @@ def matching(patterns, names, what: str) -> set[str]:
     return matched
 
 
+def uses_lora(config) -> bool:
+    """Whether the configured model has LoRA adapters."""
+    return config.model.name != 'cnn' and config.model.transformer.lora_rank > 0
+
+
 def frozen_predicate(config) -> Callable[[str], bool]:
     """Whether a parameter is not trained: `config.frozen` matches it; with LoRA on, also every
     parameter that is not an adapter, the head or the class token."""
     patterns = [re.compile(p) for p in config.frozen]
-    lora = config.model.name != 'cnn' and config.model.transformer.lora_rank > 0
+    lora = uses_lora(config)
 
     def frozen(name: str) -> bool:
         if any(p.fullmatch(name) for p in patterns):
@@ -278,7 +283,7 @@ def export(config, workdir, export_dir) -> str:
     plan, state, step = train.load_state(config, workdir)
     params = jax.device_get(state.params)
     merged_config = config.copy_and_resolve_references()
-    lora = config.model.name != 'cnn' and config.model.transformer.lora_rank > 0
+    lora = uses_lora(config)
     if lora:
         params = merge_lora(params, plan.model.cfg)
         merged_config.model.transformer.lora_rank = 0

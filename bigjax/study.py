@@ -182,8 +182,7 @@ def run_trial(study: Study, overrides: dict, folder: str, env: dict | None = Non
     try:
         config = config_lib.from_file(study.config)
         config.report.enabled = False
-        for key, value in {**study.fixed, **overrides}.items():
-            config.update_from_flattened_dict({key: value})
+        config.update_from_flattened_dict({**study.fixed, **overrides})
         metrics = train.run(config, os.path.join(folder, 'run'))
         value = metrics.get(study.metric)
         if value is None:

@@ -35,7 +35,7 @@ def best(study, rows: list[dict]) -> dict | None:
 
 def write(study, workdir: epath.Path, rows: list[dict]) -> None:
     """results.csv, results.md and the plots."""
-    keys = list(dict.fromkeys(k for r in rows for k in r['overrides']))
+    keys = _keys(rows)
     metrics = list(dict.fromkeys([study.metric, *(m for r in rows for m in r['metrics'])]))
     header = ['trial', 'status', *keys, *metrics, 'seconds', 'error']
     lines = [header] + [[r['trial'], r['status'], *(r['overrides'].get(k, '') for k in keys),
@@ -55,7 +55,7 @@ def plots(study, rows: list[dict], workdir: epath.Path) -> list[epath.Path]:
     out.mkdir(exist_ok=True)
     done = [r for r in rows if r['status'] == 'done']
     written = []
-    for key in dict.fromkeys(k for r in done for k in r['overrides']):
+    for key in _keys(done):
         values = [r['overrides'][key] for r in done if key in r['overrides']]
         if len({json.dumps(v) for v in values}) > 1:
             written.append(viz.metric_vs_parameter(
@@ -84,7 +84,7 @@ def plots(study, rows: list[dict], workdir: epath.Path) -> list[epath.Path]:
 def markdown(study, rows: list[dict]) -> str:
     """A Markdown table, one row per trial (overrides, the study's metric, time, status), the
     best in bold."""
-    keys = list(dict.fromkeys(k for r in rows for k in r['overrides']))
+    keys = _keys(rows)
     winner = best(study, rows)
     out = ['| trial | ' + ' | '.join(k.split('.')[-1] for k in keys)
            + f' | {study.metric} | time | status |', '|---' * (len(keys) + 4) + '|']
@@ -96,6 +96,11 @@ def markdown(study, rows: list[dict]) -> str:
             cells = [f'**{c}**' for c in cells]
         out.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(out) + '\n'
+
+
+def _keys(rows: list[dict]) -> list[str]:
+    """Every overridden key of the rows, in first-seen order."""
+    return list(dict.fromkeys(k for r in rows for k in r['overrides']))
 
 
 def _format(value) -> str:

@@ -144,7 +144,7 @@ def _plan(config, workdir) -> _Plan:
     model = models.build_model(
         config.model, dataset.kind, num_classes=dataset.num_classes,
         vocab_size=dataset.vocab_size)
-    lora = config.model.name != 'cnn' and config.model.transformer.lora_rank > 0
+    lora = finetune.uses_lora(config)
     frozen = finetune.frozen_predicate(config) if config.frozen or lora else None
     tx = optim.build_optimizer(config.optim, schedule.total_steps, frozen)
     init = functools.partial(steps.init_state, model=model, tx=tx,

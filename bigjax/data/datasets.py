@@ -190,7 +190,7 @@ def _text(builder, data_config) -> Dataset:
     cleaning = {'unicode_form': t.unicode_form, 'whitespace': t.whitespace,
                 'drop_duplicates': t.drop_duplicates}
     tokenizer = _tokenizer(builder, train, t, cleaning)
-    dtype = np.uint16 if tokenizer.vocab_size <= 2 ** 16 else np.int32
+    dtype = text.token_dtype(tokenizer.vocab_size)
 
     def split(tfds_split):
         key = {'kind': f'text_{task}', 'seq_len': t.seq_len, 'tokenizer': tokenizer.name,

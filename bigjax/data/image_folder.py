@@ -32,7 +32,7 @@ def held_out(path: str, fraction: float) -> bool:
         < fraction * 10_000
 
 
-def listing(root: str, val_fraction: float) -> tuple[list[str], dict[str, list], dict[str, list]]:
+def listing(root: str, val_fraction: float) -> tuple[list[str], dict[str, list]]:
     """(class names, {'train': [(path, label)], 'eval': [...]}) of the folder."""
     split_folders = [os.path.join(root, s) for s in ('train', 'test')]
     if all(os.path.isdir(f) for f in split_folders):
@@ -50,7 +50,8 @@ def listing(root: str, val_fraction: float) -> tuple[list[str], dict[str, list],
         for label, (c, paths) in enumerate(by_class.items()):
             for p in paths:
                 pairs['eval' if held_out(p, val_fraction) else 'train'].append((p, label))
-    empty = [c for c in names if not any(lbl == names.index(c) for _, lbl in pairs['train'])]
+    trained = {label for _, label in pairs['train']}
+    empty = [c for label, c in enumerate(names) if label not in trained]
     if len(names) < 2 or empty:
         raise UserError(f'data.paths={root!r} needs a sub-folder of images per class, two classes '
                         f'at least; it has {names}' + (f', and no training images of {empty}'

@@ -69,6 +69,11 @@ def clean_documents(documents, labels=None, *, unicode_form: str = 'NFC',
     return kept_docs, (np.asarray(kept_labels) if labels is not None else None), report
 
 
+def token_dtype(vocab_size: int):
+    """The smallest integer type that holds every id: uint16 up to 65,536 ids."""
+    return np.uint16 if vocab_size <= 2 ** 16 else np.int32
+
+
 def pack(token_docs: list[np.ndarray], seq_len: int, dtype) -> np.ndarray:
     """LM examples: documents joined with end-of-document ids, cut into windows of seq_len + 1
     tokens that overlap by one (inputs are [:-1], targets [1:]); the tail that does not fill a

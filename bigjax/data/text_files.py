@@ -11,7 +11,6 @@ prepared again.
 import glob
 import os
 
-import numpy as np
 from etils import epath
 
 from bigjax.data import cache, text, tokenizers
@@ -95,7 +94,7 @@ def open_text_files(data_config):
         trained = '' if t.tokenizer == 'byte' else tokenizers.train(t.tokenizer, train_docs,
                                                                      t.vocab_size)
         tokenizer = tokenizers.load(t.tokenizer, trained)
-        dtype = np.uint16 if tokenizer.vocab_size <= 2 ** 16 else np.int32
+        dtype = text.token_dtype(tokenizer.vocab_size)
         streams = {name: tokenizer.encode_batch(d) for name, d in (('train', train_docs),
                                                                     ('eval', eval_docs))}
         eval_tokens = sum(len(ids) + 1 for ids in streams['eval'])
