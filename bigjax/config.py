@@ -45,7 +45,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.text.label_feature = 'label'  # classification: a ClassLabel or bool feature
     c.data.text.tokenizer = 'byte'  # 'byte' (258 ids) | 'char' | 'bpe' (learnt from the train split)
     c.data.text.vocab_size = 4096  # 'bpe' only
+    c.data.text.tokenizer_data = ''  # char/bpe: learnt from this dataset's train split ('' = ours)
     c.data.text.seq_len = 256  # tokens per sequence: packed (lm) or truncated and padded
+    c.data.text.keep = 'first'  # classification: a longer document's 'first' or 'last' tokens
     c.data.text.unicode_form = 'NFC'  # unicode normalisation; '' = none
     c.data.text.whitespace = 'lines'  # 'keep' | 'lines' (strip line ends) | 'collapse' (prose)
     c.data.text.drop_duplicates = True  # drop exact duplicate documents (after cleaning)
@@ -91,7 +93,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.transformer.param_dtype = 'float32'  # storage
     c.model.transformer.remat = False  # recompute block activations in the backward pass
     c.model.transformer.patch_size = 4  # vit
-    c.model.transformer.pool = 'cls'  # classifier/vit: 'cls' | 'mean'
+    c.model.transformer.pool = 'cls'  # classifier/vit: 'cls' | 'mean'; 'last': causal (text)
     c.model.transformer.lora_rank = 0  # > 0: LoRA adapters; only they, the head and the class
     c.model.transformer.lora_alpha = 16.0  # token train (bigjax/finetune.py)
     c.model.transformer.lora_targets = ('qkv', 'out')  # of qkv, out, up, gate, down
@@ -134,6 +136,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.init_from.step = -1  # -1 = the latest
     c.init_from.skip = ()  # regexes of parameters to initialise fresh even if present (new head)
     c.init_from.resize = ()  # regexes of parameters to interpolate to a new shape (positions)
+    c.init_from.label_words = ()  # decoder classifier: per class, a text whose first token's
+    # output-layer row in the LM starts the head (e.g. (' bad', ' good')); () = a zero head
     c.frozen = ()  # regexes of parameter names ('encoder/.*') not to train; no optimizer state
 
     c.report = ml_collections.ConfigDict()  # <workdir>/report.html (bigjax/report.py)

@@ -103,14 +103,18 @@ class LoadPlan:
     fresh: list[str]  # not in the checkpoint, or skipped: initialised as a new run would
     skipped: list[str]
     unused: list[str]  # in the checkpoint, not in this model
+    head_tokens: tuple = ()  # init_from.label_words: the head starts as these output rows
 
     def describe(self) -> str:
         """One line: where from, and what was loaded, resized, skipped, new and unused."""
         parts = [f'loaded {len(self.loaded)}']
         if self.resized:
             parts.append('resized ' + ', '.join(f'{n} {a} -> {b}' for n, a, b in self.resized))
+        if self.head_tokens:
+            parts.append(f'head from the output layer at tokens {list(self.head_tokens)}')
         for label, names in (('skipped (init_from.skip)', self.skipped),
-                             ('new', [n for n in self.fresh if n not in self.skipped]),
+                             ('new', [n for n in self.fresh if n not in self.skipped
+                                      and not (self.head_tokens and n.startswith('head/'))]),
                              ('unused from the checkpoint', self.unused)):
             if names:
                 parts.append(f'{label}: ' + ', '.join(names))
@@ -182,8 +186,16 @@ def plan_load(init_config, abstract_state) -> LoadPlan:
     return plan
 
 
-TOKENIZER_KEYS = ('name', 'train_split', 'text.feature', 'text.tokenizer', 'text.vocab_size',
+TOKENIZER_KEYS = ('train_split', 'text.feature', 'text.tokenizer', 'text.vocab_size',
                   'text.unicode_form', 'text.whitespace', 'text.drop_duplicates')
+
+
+def saved_config(directory: epath.Path) -> dict | None:
+    """The config (as a dict) of the run that wrote the checkpoint in `directory`, if known."""
+    for path in (directory / 'config' / 'metadata', directory / 'config.json'):
+        if path.exists():
+            return json.loads(path.read_text())
+    return None
 
 
 def check_tokenizer(plan: LoadPlan, data_config) -> None:
@@ -192,17 +204,16 @@ def check_tokenizer(plan: LoadPlan, data_config) -> None:
     run's data and settings; the byte tokenizer is the same everywhere)."""
     if not any(name.startswith('token_embedding/') for name in plan.loaded):
         return
-    for path in (plan.directory / 'config' / 'metadata', plan.directory / 'config.json'):
-        if path.exists():
-            saved = json.loads(path.read_text())['data']
-            break
-    else:
+    saved = saved_config(plan.directory)
+    if saved is None:
         return  # a checkpoint written elsewhere: nothing to compare with
+    saved = saved['data']
 
     def identity(data: dict) -> dict:
         if data['text']['tokenizer'] == 'byte':
             return {'text.tokenizer': 'byte'}
-        values = {}
+        # The dataset whose training split taught the tokenizer.
+        values = {'text.tokenizer_data': data['text'].get('tokenizer_data') or data['name']}
         for key in TOKENIZER_KEYS:
             value = data
             for part in key.split('.'):
@@ -219,9 +230,37 @@ def check_tokenizer(plan: LoadPlan, data_config) -> None:
                         "or init_from.skip=('token_embedding/.*',)")
 
 
+def with_label_words(plan: LoadPlan, init_config, model, dataset) -> LoadPlan:
+    """`plan` with the head of a decoder classifier starting as the pretrained LM's output layer
+    at the first token of each class's init_from.label_words text (fine-tuning then begins from
+    the LM's own next-token guess); unchanged when no label words are given."""
+    words = tuple(init_config.label_words)
+    if not words:
+        return plan
+    if getattr(model, 'cfg', None) is None or getattr(model.cfg, 'pool', '') != 'last' \
+            or dataset.tokenizer is None:
+        raise UserError("init_from.label_words starts a text classifier's head from an LM's "
+                        "output layer: set model.transformer.pool='last' (a decoder classifier)")
+    if len(words) != dataset.num_classes:
+        raise UserError(f'init_from.label_words has {len(words)} texts for the '
+                        f'{dataset.num_classes} classes {list(dataset.class_names)}: give one '
+                        'per class, in that order')
+    saved = saved_config(plan.directory) or {}
+    tied = saved.get('model', {}).get('transformer', {}).get('tied_embeddings', True)
+    if 'token_embedding/embedding' not in plan.loaded or not tied:
+        raise UserError(f'init_from.label_words needs the token embedding of an LM with tied '
+                        f'embeddings (its output layer); {plan.directory} gives none')
+    ids = [dataset.tokenizer.encode_batch([w])[0] for w in words]
+    firsts = tuple(int(i[0]) if len(i) else -1 for i in ids)
+    if -1 in firsts or len(set(firsts)) < len(firsts):
+        raise UserError(f'init_from.label_words={words}: each class needs a non-empty text whose '
+                        'first token no other class shares')
+    return dataclasses.replace(plan, head_tokens=firsts)
+
+
 def load(plan: LoadPlan) -> dict[str, np.ndarray]:
     """{name: array} of the loaded and resized arrays, on the host (resized ones linearly
-    interpolated to their new shape)."""
+    interpolated to their new shape; a label-word head taken from the output layer)."""
     metadata = ocp.PyTreeCheckpointer().metadata(plan.directory / 'state').item_metadata.tree
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
     restored = ocp.PyTreeCheckpointer().restore(plan.directory / 'state',
@@ -231,6 +270,10 @@ def load(plan: LoadPlan) -> dict[str, np.ndarray]:
     for name, _, shape in plan.resized:
         arrays[name] = np.asarray(jax.image.resize(saved[name].astype(np.float32), shape,
                                                    'linear')).astype(saved[name].dtype)
+    if plan.head_tokens:
+        embedding_VD = np.asarray(saved['token_embedding/embedding'])
+        arrays['head/kernel'] = embedding_VD[list(plan.head_tokens)].T
+        arrays['head/bias'] = np.zeros(len(plan.head_tokens), embedding_VD.dtype)
     return arrays
 
 

@@ -6,6 +6,9 @@ the same model trained from scratch on it, per seed.
   --task=stdlib: test code or library code from a file's first 255 tokens, 16 labelled files per
                  class, the classifier starting from the small LM pretrained on the stdlib
                  (configs/stdlib_transfer.py; ~13 min of pretraining, then ~6 min a seed).
+  --task=exceptions: which exception an `except` clause catches, from the 128 tokens before it,
+                 16 labelled clauses per exception, a decoder classifier starting from the same
+                 LM (configs/exceptions_transfer.py; the same pretraining, then ~2 min a run).
   --task=mnist, --task=imdb: the same studies on tfds mnist and imdb_reviews, for machines with
                  internet (configs/mnist_transfer.py, configs/imdb_transfer.py).
 
@@ -25,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bigjax import train  # noqa: E402
 
 TASKS = {'digits': 'configs.digits_transfer', 'stdlib': 'configs.stdlib_transfer',
+         'exceptions': 'configs.exceptions_transfer',
          'mnist': 'configs.mnist_transfer', 'imdb': 'configs.imdb_transfer'}
 METRICS = ('accuracy', 'f1_macro', 'auc')  # auc: macro over classes (auc_macro) when > 2
 COMPARED = ('finetune', 'scratch')

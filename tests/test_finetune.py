@@ -184,6 +184,8 @@ def test_lora_fine_tuning_trains_only_the_adapters(tmp_path):
     (dict(init_from=dict(skip=('nohead',))), "init_from.skip pattern 'nohead' matches no"),
     (dict(optim=dict(lr_multipliers=(('conv9/.*', 0.1),))), 'lr_multipliers pattern'),
     (dict(init_from=dict(step=3)), r'init_from.step=3: .* has steps \[10, 20\]'),
+    (dict(init_from=dict(label_words=('5', '6', '7'))), "pool='last'"),
+    (dict(init_from=dict(path='', label_words=('5', '6', '7'))), 'set init_from.path too'),
 ])
 def test_bad_init_from_and_patterns_are_clear_errors_before_anything_is_written(
         pretrained_cnn, tmp_path, overrides, message):
@@ -212,16 +214,34 @@ def transfer_study():
     return transfer
 
 
-def test_stdlib_demo_fine_tunes_the_pretrained_lm_into_a_classifier(tmp_path):
-    """experiments/transfer.py --task=stdlib --smoke: the LM's embedding, positions and blocks
-    load into the classifier; only the class token and head start fresh; both arms evaluate."""
-    results = transfer_study().run('stdlib', str(tmp_path), [0], smoke=True)
+@pytest.mark.parametrize('task, fresh', [('stdlib', ['class_token', 'head/bias', 'head/kernel']),
+                                         ('exceptions', ['head/bias', 'head/kernel'])])
+def test_text_demos_fine_tune_the_pretrained_lm_into_a_classifier(task, fresh, tmp_path):
+    """experiments/transfer.py --task=stdlib|exceptions --smoke: the LM's embedding, positions
+    and blocks load into the (encoder or decoder) classifier; only the head (and class token)
+    start fresh; both arms evaluate."""
+    results = transfer_study().run(task, str(tmp_path), [0], smoke=True)
     lm = saved_params(tmp_path / 'pretrain', 8)
-    config = load_config('stdlib_transfer', 'finetune,smoke')
+    config = load_config(f'{task}_transfer', 'finetune,smoke')
     config.init_from.path = str(tmp_path / 'pretrain')
-    plan = train._plan(config, tmp_path / 'unused').load_plan
+    classifier = train._plan(config, tmp_path / 'unused')
+    plan = classifier.load_plan
     assert sorted(plan.loaded) == sorted(lm)
-    assert sorted(plan.fresh) == ['class_token', 'head/bias', 'head/kernel']
+    assert sorted(plan.fresh) == fresh
+    if task == 'exceptions':  # the head starts as the LM's guess of the word after `except`
+        tokens = classifier.dataset.eval.arrays['tokens'][:8].astype(np.int32)
+        state = finetune.with_loaded(nn.unbox(classifier.init(jax.random.PRNGKey(0))),
+                                     finetune.load(classifier.load_plan))
+        logits = classifier.model.apply({'params': state.params}, tokens, train=False)
+        lm_logits = TransformerLM(classifier.model.cfg, classifier.dataset.vocab_size).apply(
+            {'params': finetune.unflat(lm)}, tokens, train=False)
+        last = (tokens != 0).sum(1) - 1
+        np.testing.assert_allclose(
+            logits, lm_logits[np.arange(8), last][:, list(plan.head_tokens)],
+            rtol=1e-5, atol=1e-5)
+        config.init_from.label_words = ('OSError', 'Oops') + config.init_from.label_words[2:]
+        with pytest.raises(UserError, match='first token no other class shares'):
+            train._plan(config, tmp_path / 'unused')
     assert set(results[0]) == {'finetune', 'scratch'}
     assert results[0]['finetune']['loss'] != results[0]['scratch']['loss']
     assert 0 <= results[0]['finetune']['accuracy'] <= 1
@@ -256,6 +276,12 @@ def test_a_token_embedding_from_another_tokenizer_is_an_error(tmp_path):
     with pytest.raises(UserError, match=r"data.train_split='train' here, 'train\[:50%\]' there"):
         finetune.check_tokenizer(plan, ours)
     ours.train_split = 'train[:50%]'
+    finetune.check_tokenizer(plan, ours)
+    ours.name = 'python_exceptions'  # another dataset: its BPE would be learnt from other text
+    with pytest.raises(UserError, match=r"tokenizer_data='python_exceptions' here, "
+                                        r"'python_stdlib' there"):
+        finetune.check_tokenizer(plan, ours)
+    ours.text.tokenizer_data = 'python_stdlib'  # ... unless it uses the LM's corpus
     finetune.check_tokenizer(plan, ours)
     finetune.check_tokenizer(dataclasses.replace(plan, loaded=['encoder/x']), default_config().data)
     theirs.data.text.tokenizer = ours.text.tokenizer = 'byte'

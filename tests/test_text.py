@@ -4,7 +4,7 @@ import tensorflow_datasets as tfds
 
 from bigjax import data
 from bigjax.config import default_config
-from bigjax.data import python_stdlib, text, tokenizers
+from bigjax.data import python_exceptions, python_stdlib, text, tokenizers
 from bigjax.data.tokenizers import EOS_ID, PAD_ID
 from bigjax.errors import UserError
 
@@ -49,6 +49,9 @@ def test_pad_truncates_and_pads():
     padded = text.pad([np.array([5, 6, 7, 8]), np.array([9])], seq_len=3, dtype=np.uint16)
     np.testing.assert_array_equal(padded, [[5, 6, 7], [9, PAD_ID, PAD_ID]])
     assert padded.dtype == np.uint16
+    tails = text.pad([np.array([5, 6, 7, 8]), np.array([9])], seq_len=3, dtype=np.uint16,
+                     keep='last')
+    np.testing.assert_array_equal(tails, [[6, 7, 8], [9, PAD_ID, PAD_ID]])
 
 
 def test_byte_tokenizer_round_trips_any_text():
@@ -76,6 +79,7 @@ def test_bpe_tokenizer_trains_compresses_and_round_trips():
     ({'task': 'classification'}, "no feature 'label'"),
     ({'task': 'classify'}, 'data.text.task'),
     ({'seq_len': 10_000_000}, 'too few for one sequence'),
+    ({'keep': 'middle'}, 'data.text.keep'),
 ])
 def test_bad_text_config_is_a_clear_error(overrides, message):
     with pytest.raises(UserError, match=message):
@@ -109,6 +113,39 @@ def test_stdlib_corpus_as_lm_data_is_cached_and_decodes_to_source():
     again = data.open_dataset(config)  # from the cache: the same arrays, memory-mapped
     assert isinstance(again.train.arrays['tokens'], np.memmap)
     np.testing.assert_array_equal(again.eval.arrays['tokens'], dataset.eval.arrays['tokens'])
+
+
+def test_exception_examples_end_at_the_except_and_are_labelled_with_its_exception():
+    source = ('import os\n' + 'x = 1\n' * 400 + 'try:\n    os.remove(p)\n'
+              'except OSError as e:\n    pass\ntry:\n    import zlib\nexcept ImportError:\n'
+              '    zlib = None\nexcept (KeyError, TypeError):\n    pass\n'
+              'except MyError:\n    pass\n')
+    examples = python_exceptions.examples({'text': source, 'path': 'a/b.py'})
+    assert [e['label'] for e in examples] == [python_exceptions.EXCEPTIONS.index(name)
+                                              for name in ('OSError', 'ImportError')]
+    first, second = examples
+    assert first['text'].endswith('try:\n    os.remove(p)\nexcept')
+    assert len(first['text']) <= python_exceptions.CONTEXT_CHARS
+    assert first['text'].startswith('x = 1\n')  # whole lines
+    assert second['text'].endswith('import zlib\nexcept') and second['path'] == 'a/b.py'
+    assert source[second['offset']:].startswith('ImportError:')
+
+
+def test_a_classifier_can_use_the_pretraining_corpus_tokenizer():
+    """python_exceptions tokenized by the characters of python_stdlib's training split (the
+    LM's), its examples' last tokens kept: every example ends with the word `except`."""
+    config = text_config(tokenizer='char', seq_len=64, keep='last',
+                         tokenizer_data='python_stdlib')
+    config.update(name='python_exceptions', eval_split='validation')
+    dataset = data.open_dataset(config)
+    lm_tokenizer = data.open_dataset(text_config(tokenizer='char', seq_len=64)).tokenizer
+    assert dataset.tokenizer.name == lm_tokenizer.name
+    assert dataset.class_names == python_exceptions.EXCEPTIONS
+    tokens = dataset.eval.arrays['tokens']
+    last = (tokens != PAD_ID).sum(1) - 1
+    assert len(tokens) > 100 and (last == 63).mean() > 0.9
+    assert all(dataset.tokenizer.decode(row[:i + 1]).endswith('except')
+               for row, i in zip(tokens, last))
 
 
 @pytest.mark.parametrize('name, split, kind, classes', [

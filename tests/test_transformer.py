@@ -72,6 +72,32 @@ def test_classifier_ignores_padding():
     assert model.apply(params, x, train=False).shape == (2, 3)
 
 
+def test_decoder_classifier_reads_the_lms_last_state():
+    """pool='last': the LM's encoder run causally, its state at the last token (before the
+    padding) into the head; padding changes nothing; every token matters; no class token."""
+    cfg = config(pool='last', max_len=16)
+    model = T.TransformerClassifier(cfg, vocab_size=50, num_classes=3)
+    x = jnp.concatenate([tokens((2, 12)), jnp.zeros((2, 4), jnp.int32)], axis=1)
+    x = x.at[1, 9:].set(0)  # example 1 has 9 tokens
+    params = nn.unbox(model.init(jax.random.PRNGKey(0), x, train=False))['params']
+    assert 'class_token' not in params and model.sequence_length(x.shape) == 16
+    head = {'kernel': jax.random.normal(jax.random.PRNGKey(3), (32, 3)), 'bias': jnp.zeros(3)}
+    params = {**params, 'head': head}
+    logits = model.apply({'params': params}, x, train=False)
+    lm_model = T.TransformerLM(cfg, 50)
+    lm_params = {k: v for k, v in params.items() if k != 'head'}
+    _, state = lm_model.apply({'params': lm_params}, x, train=False,
+                              capture_intermediates=True)
+    hidden_BTD = state['intermediates']['encoder']['__call__'][0]
+    expected = jnp.stack([hidden_BTD[0, 11], hidden_BTD[1, 8]]) @ head['kernel']
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+    changed = x.at[:, 0].set((x[:, 0] + 1) % 48 + 2)
+    assert not np.allclose(model.apply({'params': params}, changed, train=False), logits)
+    with pytest.raises(UserError, match="pool='last' is for text classifiers"):
+        T.ViT(config(pool='last'), num_classes=2).init(jax.random.PRNGKey(0),
+                                                       jnp.zeros((1, 8, 8, 1)), train=False)
+
+
 def test_vit_shapes_and_patch_error():
     model = T.ViT(config(patch_size=2, max_len=17), num_classes=10)
     images = jnp.zeros((3, 8, 8, 1))

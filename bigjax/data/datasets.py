@@ -184,17 +184,21 @@ def _text(builder, data_config) -> Dataset:
         'classification' if t.label_feature in features else 'lm')
     if task not in ('lm', 'classification'):
         raise UserError(f'data.text.task={t.task!r} is not one of auto, lm, classification')
+    if t.keep not in ('first', 'last'):
+        raise UserError(f"data.text.keep={t.keep!r} is not 'first' or 'last' (which tokens of a "
+                        'longer document a classification example keeps)')
     class_names = _class_names(features, t.label_feature) if task == 'classification' else ()
     train = sources.open_split(builder, data_config.train_split, data_config)
     eval_ = sources.open_split(builder, data_config.eval_split, data_config)
     cleaning = {'unicode_form': t.unicode_form, 'whitespace': t.whitespace,
                 'drop_duplicates': t.drop_duplicates}
-    tokenizer = _tokenizer(builder, train, t, cleaning)
+    tokenizer = _tokenizer(*_tokenizer_source(builder, train, data_config), t, cleaning)
     dtype = text.token_dtype(tokenizer.vocab_size)
 
     def split(tfds_split):
         key = {'kind': f'text_{task}', 'seq_len': t.seq_len, 'tokenizer': tokenizer.name,
-               'feature': t.feature, 'label_feature': t.label_feature, **cleaning}
+               'feature': t.feature, 'label_feature': t.label_feature, **cleaning,
+               **({'keep': t.keep} if task == 'classification' else {})}
 
         def build():
             docs, labels = _documents(builder, tfds_split, t.feature,
@@ -203,7 +207,7 @@ def _text(builder, data_config) -> Dataset:
             token_docs = tokenizer.encode_batch(docs)
             if task == 'lm':
                 return {'tokens': text.pack(token_docs, t.seq_len, dtype)}, vars(report)
-            return {'tokens': text.pad(token_docs, t.seq_len, dtype),
+            return {'tokens': text.pad(token_docs, t.seq_len, dtype, t.keep),
                     'label': labels.astype(np.int32)}, vars(report)
 
         arrays, report = _cached(tfds_split, key, build)
@@ -237,6 +241,17 @@ def _documents(builder, tfds_split, feature: str, label_feature: str | None):
     labels = (np.asarray([int(e[label_feature]) for e in examples])
               if label_feature is not None else None)
     return docs, labels
+
+
+def _tokenizer_source(builder, train_split, data_config):
+    """(builder, split) a char or BPE tokenizer is learnt from: this dataset's training split, or
+    data.text.tokenizer_data's (the pretraining corpus, when fine-tuning on another dataset)."""
+    if not data_config.text.tokenizer_data:
+        return builder, train_split
+    other = data_config.copy_and_resolve_references()
+    other.name = data_config.text.tokenizer_data
+    other_builder = sources.open_builder(other)
+    return other_builder, sources.open_split(other_builder, data_config.train_split, other)
 
 
 def _tokenizer(builder, train_split, text_config, cleaning: dict) -> tokenizers.Tokenizer:

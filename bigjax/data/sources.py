@@ -17,7 +17,9 @@ from jax.experimental import multihost_utils
 from bigjax.errors import UserError
 
 # Local tfds builders, registered with tfds when their module is imported.
-LOCAL_BUILDERS = {'sklearn_digits': 'bigjax.data.digits', 'python_stdlib': 'bigjax.data.python_stdlib'}
+LOCAL_BUILDERS = {'sklearn_digits': 'bigjax.data.digits',
+                  'python_stdlib': 'bigjax.data.python_stdlib',
+                  'python_exceptions': 'bigjax.data.python_exceptions'}
 DOWNLOAD_HOST = ('storage.googleapis.com', 443)
 
 

@@ -87,11 +87,11 @@ def pack(token_docs: list[np.ndarray], seq_len: int, dtype) -> np.ndarray:
     return stream[starts[:, None] + np.arange(seq_len + 1)]
 
 
-def pad(token_docs: list[np.ndarray], seq_len: int, dtype) -> np.ndarray:
-    """Classification examples: each document's first seq_len tokens, padded with PAD_ID.
-    Shape (num_docs, seq_len); padding is where tokens == PAD_ID."""
+def pad(token_docs: list[np.ndarray], seq_len: int, dtype, keep: str = 'first') -> np.ndarray:
+    """Classification examples: each document's first (or, keep='last', last) seq_len tokens,
+    then PAD_ID. Shape (num_docs, seq_len); padding is where tokens == PAD_ID."""
     out = np.full((len(token_docs), seq_len), PAD_ID, dtype)
     for i, ids in enumerate(token_docs):
-        ids = ids[:seq_len]
+        ids = ids[:seq_len] if keep == 'first' else ids[max(len(ids) - seq_len, 0):]
         out[i, :len(ids)] = ids
     return out

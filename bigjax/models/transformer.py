@@ -23,7 +23,7 @@ NORMS = ('layernorm', 'rmsnorm')
 MLPS = ('gelu', 'swiglu')
 POSITIONS = ('learned', 'rope')
 ATTENTIONS = ('einops', 'dot_product')
-POOLS = ('cls', 'mean')
+POOLS = ('cls', 'mean', 'last')
 LORA_TARGETS = ('qkv', 'out', 'up', 'gate', 'down')
 
 
@@ -47,7 +47,8 @@ class TransformerConfig:
     param_dtype: str = 'float32'  # storage
     remat: bool = False  # recompute each block's activations in the backward pass
     patch_size: int = 4  # ViT
-    pool: str = 'cls'  # classifier and ViT: the class token, or the mean of the tokens
+    pool: str = 'cls'  # classifier and ViT: the class token, the mean of the tokens, or (text
+    # classifier) 'last': causal attention and the last token's state, as in a decoder LM
     lora_rank: int = 0  # > 0: low-rank adapters on lora_targets (bigjax/finetune.py)
     lora_alpha: float = 16.0  # adapter output scale alpha / rank
     lora_targets: tuple = ('qkv', 'out')  # projections that get adapters (LORA_TARGETS)
@@ -381,22 +382,31 @@ class TransformerLM(nn.Module):
 
 def _classify(module: nn.Module, cfg: TransformerConfig, num_classes: int, x_BTD, valid_BT,
               train: bool):
-    """Class token + encoder + pooling + head, with their parameters at the top of `module`
-    (class_token, encoder, head), so an LM's encoder loads into a classifier by name."""
-    class_token = module.param('class_token', _init(nn.initializers.zeros, None, None, 'embed'),
-                               (1, 1, cfg.width), DTYPES[cfg.param_dtype])
+    """Encoder + pooling + head, with their parameters at the top of `module` (class_token,
+    encoder, head), so an LM's encoder loads into a classifier by name. 'cls' and 'mean' pooling
+    attend both ways behind a class token; 'last' attends causally, like the LM, and reads the
+    last valid token (valid tokens come first)."""
     batch = x_BTD.shape[0]
-    x_BTD = jnp.concatenate([jnp.broadcast_to(class_token, (batch, 1, cfg.width)).astype(
-        x_BTD.dtype), x_BTD], 1)
-    valid_BT = jnp.concatenate([jnp.ones((batch, 1), bool), valid_BT], 1)
+    causal = cfg.pool == 'last'
+    if not causal:
+        class_token = module.param('class_token', _init(nn.initializers.zeros, None, None, 'embed'),
+                                   (1, 1, cfg.width), DTYPES[cfg.param_dtype])
+        x_BTD = jnp.concatenate([jnp.broadcast_to(class_token, (batch, 1, cfg.width)).astype(
+            x_BTD.dtype), x_BTD], 1)
+        valid_BT = jnp.concatenate([jnp.ones((batch, 1), bool), valid_BT], 1)
     length = x_BTD.shape[1]
     if length > cfg.max_len:
-        raise UserError(f'{length} tokens (class token included) exceed '
+        raise UserError(f'{length} tokens{"" if causal else " (class token included)"} exceed '
                         f'model.transformer.max_len={cfg.max_len}')
     positions_BT = jnp.broadcast_to(jnp.arange(length), (batch, length))
-    x_BTD = Encoder(cfg, causal=False, name='encoder')(x_BTD, valid_BT, positions_BT, train)
+    # Causally, no valid token sees the padding after it: no key mask needed.
+    x_BTD = Encoder(cfg, causal=causal, name='encoder')(x_BTD, None if causal else valid_BT,
+                                                        positions_BT, train)
     if cfg.pool == 'cls':
         pooled_BD = x_BTD[:, 0]
+    elif cfg.pool == 'last':
+        last_B = jnp.maximum(valid_BT.sum(1) - 1, 0)
+        pooled_BD = x_BTD[jnp.arange(batch), last_B]
     else:
         weight_BT1 = valid_BT[..., None].astype(x_BTD.dtype)
         pooled_BD = (x_BTD * weight_BT1).sum(1) / weight_BT1.sum(1)
@@ -406,15 +416,19 @@ def _classify(module: nn.Module, cfg: TransformerConfig, num_classes: int, x_BTD
 
 
 class TransformerClassifier(nn.Module):
-    """Encoder classifier: tokens (B, T) with PAD_ID = 0 as padding -> class logits (B, C)."""
+    """Encoder (or, with pool='last', decoder) classifier: tokens (B, T) with PAD_ID = 0 as
+    padding after the text -> class logits (B, C)."""
 
     cfg: TransformerConfig
     vocab_size: int
     num_classes: int
-    causal = False
+
+    @property
+    def causal(self) -> bool:
+        return self.cfg.pool == 'last'
 
     def sequence_length(self, input_shape) -> int:
-        return input_shape[1] + 1  # the class token
+        return input_shape[1] + (0 if self.causal else 1)  # the class token
 
     @nn.compact
     def __call__(self, tokens_BT, *, train: bool):
@@ -438,6 +452,9 @@ class ViT(nn.Module):
     @nn.compact
     def __call__(self, images_BHWC, *, train: bool):
         cfg = self.cfg
+        if cfg.pool == 'last':
+            raise UserError("model.transformer.pool='last' is for text classifiers; a ViT "
+                            "pools with 'cls' or 'mean'")
         height, width = images_BHWC.shape[1:3]
         if height % cfg.patch_size or width % cfg.patch_size:
             raise UserError(f'model.transformer.patch_size={cfg.patch_size} does not divide the '
