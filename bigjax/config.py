@@ -45,7 +45,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.text.label_feature = 'label'  # classification: a ClassLabel or bool feature
     c.data.text.tokenizer = 'byte'  # 'byte' (258 ids) | 'char' | 'bpe' (learnt from the train split)
     c.data.text.vocab_size = 4096  # 'bpe' only
-    c.data.text.tokenizer_data = ''  # char/bpe: learnt from this dataset's train split ('' = ours)
+    c.data.text.tokenizer_data = ''  # char/bpe: learnt from this dataset's train_split ('' = ours)
     c.data.text.seq_len = 256  # tokens per sequence: packed (lm) or truncated and padded
     c.data.text.keep = 'first'  # classification: a longer document's 'first' or 'last' tokens
     c.data.text.unicode_form = 'NFC'  # unicode normalisation; '' = none
@@ -198,6 +198,16 @@ def check(config: ml_collections.ConfigDict) -> None:
     _check_against(config, default_config(), 'config')
     if config.seed < 0:
         raise UserError(f'seed={config.seed} must be >= 0')
+    decoder_classifier = (config.model.name == 'transformer_classifier'
+                          and config.model.transformer.pool == 'last')
+    if config.model.transformer.pool == 'last' and not decoder_classifier:
+        raise UserError(f"model.transformer.pool='last' (causal, the last token) is for "
+                        f"transformer_classifier; model.name={config.model.name!r} pools with "
+                        "'cls' or 'mean'")
+    if config.init_from.label_words and not (config.init_from.path and decoder_classifier):
+        raise UserError("init_from.label_words starts a decoder classifier's head from a "
+                        "pretrained LM: set init_from.path, model.name='transformer_classifier' "
+                        "and model.transformer.pool='last'")
 
 
 def _check_against(config, schema, prefix: str) -> None:

@@ -230,26 +230,25 @@ def check_tokenizer(plan: LoadPlan, data_config) -> None:
                         "or init_from.skip=('token_embedding/.*',)")
 
 
-def with_label_words(plan: LoadPlan, init_config, model, dataset) -> LoadPlan:
-    """`plan` with the head of a decoder classifier starting as the pretrained LM's output layer
-    at the first token of each class's init_from.label_words text (fine-tuning then begins from
-    the LM's own next-token guess); unchanged when no label words are given."""
+def with_label_words(plan: LoadPlan, init_config, dataset) -> LoadPlan:
+    """`plan` with the head of a decoder classifier (config.check asks for one) starting as the
+    pretrained LM's output layer at the first token of each class's init_from.label_words text
+    (fine-tuning then begins from the LM's own next-token guess); unchanged without label words."""
     words = tuple(init_config.label_words)
     if not words:
         return plan
-    if getattr(model, 'cfg', None) is None or getattr(model.cfg, 'pool', '') != 'last' \
-            or dataset.tokenizer is None:
-        raise UserError("init_from.label_words starts a text classifier's head from an LM's "
-                        "output layer: set model.transformer.pool='last' (a decoder classifier)")
+    if any(name.startswith('head/') for name in plan.skipped):
+        raise UserError('init_from.label_words sets the head and init_from.skip starts it fresh: '
+                        'use one of them')
     if len(words) != dataset.num_classes:
         raise UserError(f'init_from.label_words has {len(words)} texts for the '
                         f'{dataset.num_classes} classes {list(dataset.class_names)}: give one '
                         'per class, in that order')
-    saved = saved_config(plan.directory) or {}
-    tied = saved.get('model', {}).get('transformer', {}).get('tied_embeddings', True)
-    if 'token_embedding/embedding' not in plan.loaded or not tied:
-        raise UserError(f'init_from.label_words needs the token embedding of an LM with tied '
-                        f'embeddings (its output layer); {plan.directory} gives none')
+    saved = (saved_config(plan.directory) or {}).get('model', {})
+    if saved.get('name') != 'transformer_lm' or not saved['transformer']['tied_embeddings'] \
+            or 'token_embedding/embedding' not in plan.loaded:
+        raise UserError(f'init_from.label_words needs a transformer_lm with tied embeddings (its '
+                        f'output layer) written by bigjax; {plan.directory} holds none')
     ids = [dataset.tokenizer.encode_batch([w])[0] for w in words]
     firsts = tuple(int(i[0]) if len(i) else -1 for i in ids)
     if -1 in firsts or len(set(firsts)) < len(firsts):

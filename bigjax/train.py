@@ -156,10 +156,7 @@ def _plan(config, workdir) -> _Plan:
         else None
     if load_plan:
         finetune.check_tokenizer(load_plan, config.data)
-        load_plan = finetune.with_label_words(load_plan, config.init_from, model, dataset)
-    elif config.init_from.label_words:
-        raise UserError('init_from.label_words takes the head from a pretrained LM: set '
-                        'init_from.path too')
+        load_plan = finetune.with_label_words(load_plan, config.init_from, dataset)
     flops_per_example, peak = 0.0, 0.0
     if isinstance(model, models.TRANSFORMERS):  # MFU has a formula.
         length = model.sequence_length(tasks.sample_input(dataset).shape)

@@ -32,7 +32,7 @@ def get_config(arg: str | None = None):
     config = stdlib_transfer.lm_to_classifier(  # each arm at its best rate of 3e-5 .. 1e-3
         config, smoke, labels_per_class=16, steps=150,
         learning_rate=3e-5 if stage == 'finetune' else 3e-4,
-        eval_split='validation' if smoke else 'validation+test')
+        eval_split='validation' if smoke else 'test')
     config.data.text.seq_len = 16 if smoke else 128
     if stage == 'finetune':  # the name follows `except ` (byte tokens: the space would be
         # every name's first token)

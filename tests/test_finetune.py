@@ -185,7 +185,7 @@ def test_lora_fine_tuning_trains_only_the_adapters(tmp_path):
     (dict(optim=dict(lr_multipliers=(('conv9/.*', 0.1),))), 'lr_multipliers pattern'),
     (dict(init_from=dict(step=3)), r'init_from.step=3: .* has steps \[10, 20\]'),
     (dict(init_from=dict(label_words=('5', '6', '7'))), "pool='last'"),
-    (dict(init_from=dict(path='', label_words=('5', '6', '7'))), 'set init_from.path too'),
+    (dict(init_from=dict(path='', label_words=('5', '6', '7'))), 'set init_from.path'),
 ])
 def test_bad_init_from_and_patterns_are_clear_errors_before_anything_is_written(
         pretrained_cnn, tmp_path, overrides, message):
@@ -239,6 +239,10 @@ def test_text_demos_fine_tune_the_pretrained_lm_into_a_classifier(task, fresh, t
         np.testing.assert_allclose(
             logits, lm_logits[np.arange(8), last][:, list(plan.head_tokens)],
             rtol=1e-5, atol=1e-5)
+        config.init_from.skip = ('head/.*',)
+        with pytest.raises(UserError, match='init_from.skip starts it fresh'):
+            train._plan(config, tmp_path / 'unused')
+        config.init_from.skip = ()
         config.init_from.label_words = ('OSError', 'Oops') + config.init_from.label_words[2:]
         with pytest.raises(UserError, match='first token no other class shares'):
             train._plan(config, tmp_path / 'unused')

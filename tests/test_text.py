@@ -127,6 +127,9 @@ def test_exception_examples_end_at_the_except_and_are_labelled_with_its_exceptio
     assert first['text'].endswith('try:\n    os.remove(p)\nexcept')
     assert len(first['text']) <= python_exceptions.CONTEXT_CHARS
     assert first['text'].startswith('x = 1\n')  # whole lines
+    cut_at_line_start = 'y\n' * 1000 + ' except KeyError:\n'  # the 2,000-character cut
+    [example] = python_exceptions.examples({'text': cut_at_line_start, 'path': 'c.py'})
+    assert example['text'] == 'y\n' * 996 + ' except'  # falls on a line start: keeps that line
     assert second['text'].endswith('import zlib\nexcept') and second['path'] == 'a/b.py'
     assert source[second['offset']:].startswith('ImportError:')
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from bigjax import sample
+from bigjax.config import check, default_config
 from bigjax.errors import UserError
 from bigjax.models import transformer as T
 
@@ -91,11 +92,18 @@ def test_decoder_classifier_reads_the_lms_last_state():
     hidden_BTD = state['intermediates']['encoder']['__call__'][0]
     expected = jnp.stack([hidden_BTD[0, 11], hidden_BTD[1, 8]]) @ head['kernel']
     np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
-    changed = x.at[:, 0].set((x[:, 0] + 1) % 48 + 2)
-    assert not np.allclose(model.apply({'params': params}, changed, train=False), logits)
+    np.testing.assert_allclose(model.apply({'params': params}, x[1:2, :9], train=False),
+                               logits[1:2], rtol=1e-5, atol=1e-5)  # unpadded
+    changed = model.apply({'params': params}, x.at[:, 0].set((x[:, 0] + 1) % 48 + 2),
+                          train=False)
+    assert all(not np.allclose(changed[i], logits[i]) for i in range(2))
     with pytest.raises(UserError, match="pool='last' is for text classifiers"):
         T.ViT(config(pool='last'), num_classes=2).init(jax.random.PRNGKey(0),
                                                        jnp.zeros((1, 8, 8, 1)), train=False)
+    vit_config = default_config()
+    vit_config.model.name, vit_config.model.transformer.pool = 'vit', 'last'
+    with pytest.raises(UserError, match="pool='last' .* is for transformer_classifier"):
+        check(vit_config)  # before any data is read
 
 
 def test_vit_shapes_and_patch_error():

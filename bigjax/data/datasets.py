@@ -245,8 +245,9 @@ def _documents(builder, tfds_split, feature: str, label_feature: str | None):
 
 def _tokenizer_source(builder, train_split, data_config):
     """(builder, split) a char or BPE tokenizer is learnt from: this dataset's training split, or
-    data.text.tokenizer_data's (the pretraining corpus, when fine-tuning on another dataset)."""
-    if not data_config.text.tokenizer_data:
+    data.text.tokenizer_data's split of the same name (the pretraining corpus, when fine-tuning
+    on another dataset)."""
+    if not data_config.text.tokenizer_data or data_config.text.tokenizer == 'byte':
         return builder, train_split
     other = data_config.copy_and_resolve_references()
     other.name = data_config.text.tokenizer_data

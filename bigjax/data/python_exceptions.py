@@ -32,8 +32,8 @@ def examples(doc: dict) -> list[dict]:
         if name not in EXCEPTIONS:
             continue
         begin = max(match.start(1) - CONTEXT_CHARS, 0)
-        if begin > 0:  # start at a line
-            begin = source.index('\n', begin) + 1
+        if begin > 0:  # start at the first whole line
+            begin = source.index('\n', begin - 1) + 1
         out.append({'text': source[begin:match.start(1)].rstrip(' \t'),
                     'label': EXCEPTIONS.index(name), 'path': doc['path'],
                     'offset': match.start(1)})
@@ -43,8 +43,10 @@ def examples(doc: dict) -> list[dict]:
 class PythonExceptions(tfds.core.GeneratorBasedBuilder):
     """The code before an `except` clause's exception, labelled with the exception."""
 
-    VERSION = tfds.core.Version('1.0.0')
-    RELEASE_NOTES = {'1.0.0': f'{len(EXCEPTIONS)} exceptions, {CONTEXT_CHARS} characters before.'}
+    # Bump the version when EXCEPTIONS, CONTEXT_CHARS or the pattern change.
+    VERSION = tfds.core.Version('1.0.1')
+    RELEASE_NOTES = {'1.0.0': f'{len(EXCEPTIONS)} exceptions, {CONTEXT_CHARS} characters before.',
+                     '1.0.1': 'The context starts at its first whole line (no line dropped).'}
     BUILDER_CONFIGS = [tfds.core.BuilderConfig(
         name=f'py{sys.version_info.major}{sys.version_info.minor}',
         description=f'Python {sys.version_info.major}.{sys.version_info.minor} stdlib sources')]
