@@ -7,7 +7,7 @@ import pytest
 from bigjax import sample
 from bigjax.config import check, default_config
 from bigjax.errors import UserError
-from bigjax.models import transformer as T
+from bigjax.models import attention, transformer as T
 
 
 def config(**overrides):
@@ -38,15 +38,15 @@ def qkv(batch=2, length=64, heads=4, groups=2, width=8):
 def test_einops_attention_equals_jax_dot_product_attention(causal, groups):
     q, k, v = qkv(groups=groups)
     valid = None if causal else jnp.arange(64)[None, :] < jnp.array([[50], [64]])
-    ours = T.einops_attention(q, k, v, causal=causal, key_valid_BS=valid)
-    theirs = T.library_attention(q, k, v, causal=causal, key_valid_BS=valid)
+    ours = attention.einops_attention(q, k, v, causal=causal, key_valid_BS=valid)
+    theirs = attention.library_attention(q, k, v, causal=causal, key_valid_BS=valid)
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
 def test_blocked_causal_attention_equals_the_masked_full_computation():
     q, k, v = qkv(length=128)  # 4 query blocks of 32
-    full = T.einops_attention(q, k, v, causal=True, query_offset=jnp.int32(0))  # unblocked path
-    np.testing.assert_allclose(T.einops_attention(q, k, v, causal=True), full, atol=1e-5)
+    full = attention.einops_attention(q, k, v, causal=True, query_offset=jnp.int32(0))  # unblocked path
+    np.testing.assert_allclose(attention.einops_attention(q, k, v, causal=True), full, atol=1e-5)
 
 
 @pytest.mark.parametrize('overrides', [{}, {'positions': 'rope', 'mlp': 'swiglu',

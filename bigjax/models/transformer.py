@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 
 from bigjax.errors import UserError
+from bigjax.models.attention import (attention_weights, einops_attention, library_attention,
+                                     rotate)
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 NORMS = ('layernorm', 'rmsnorm')
@@ -121,94 +123,6 @@ def _norm(cfg: TransformerConfig, name: str) -> nn.Module:
     if cfg.norm == 'rmsnorm':
         return nn.RMSNorm(**kwargs)
     return nn.LayerNorm(bias_init=_init(nn.initializers.zeros, 'embed'), **kwargs)
-
-
-def rotate(x_BTNK: jax.Array, positions_BT: jax.Array) -> jax.Array:
-    """Rotary position embedding: pairs of channels turned by position-dependent angles."""
-    half = x_BTNK.shape[-1] // 2
-    frequencies = 10_000.0 ** (-jnp.arange(half, dtype=jnp.float32) / half)
-    angles_BT1K = (positions_BT[..., None].astype(jnp.float32) * frequencies)[:, :, None, :]
-    sin, cos = jnp.sin(angles_BT1K), jnp.cos(angles_BT1K)
-    first, second = x_BTNK[..., :half].astype(jnp.float32), x_BTNK[..., half:].astype(jnp.float32)
-    return jnp.concatenate([first * cos - second * sin, second * cos + first * sin],
-                           -1).astype(x_BTNK.dtype)
-
-
-def einops_attention(q_BTHK, k_BSGK, v_BSGK, *, causal: bool, query_offset=0,
-                     key_valid_BS=None) -> jax.Array:
-    """Softmax attention written with einops.
-
-    Query t (at position query_offset + t) sees key s when s <= query_offset + t (if causal) and
-    key_valid_BS[b, s] (if given). Causal attention from position 0 is computed in query blocks
-    that skip the keys every query of the block is masked from: up to 37.5 % less work.
-    """
-    length = q_BTHK.shape[1]
-    blocks = 1
-    if causal and key_valid_BS is None and isinstance(query_offset, int) and query_offset == 0:
-        blocks = next(n for n in (4, 2, 1) if length % n == 0 and length // n >= 32 or n == 1)
-    size = length // blocks
-    outs = []
-    for i in range(blocks):
-        keys = (i + 1) * size if blocks > 1 else k_BSGK.shape[1]
-        outs.append(_attend(q_BTHK[:, i * size:(i + 1) * size], k_BSGK[:, :keys],
-                            v_BSGK[:, :keys], query_offset + i * size + jnp.arange(size),
-                            causal, None if key_valid_BS is None else key_valid_BS[:, :keys]))
-    return outs[0] if blocks == 1 else jnp.concatenate(outs, axis=1)
-
-
-def _attend(q_BTHK, k_BSGK, v_BSGK, positions_T, causal: bool, key_valid_BS) -> jax.Array:
-    """One block of queries. The R query heads that share a key/value head are stacked along
-    the query axis, so it is two plain batched matrix products over N = B * G (the layout
-    XLA:CPU runs fastest; grouped-query attention comes for free)."""
-    groups, repeats = k_BSGK.shape[2], q_BTHK.shape[2] // k_BSGK.shape[2]
-    v_NSK = einops.rearrange(v_BSGK, 'b s g k -> (b g) s k')
-    probs_NQS = _stacked_weights(q_BTHK, k_BSGK, positions_T, causal,
-                                 key_valid_BS).astype(v_NSK.dtype)
-    out_NQK = einops.einsum(probs_NQS, v_NSK, 'n q s, n s k -> n q k')
-    return einops.rearrange(out_NQK, '(b g) (r t) k -> b t (g r) k', g=groups, r=repeats)
-
-
-def attention_weights(q_BTHK, k_BSGK, *, causal: bool, key_valid_BS=None) -> jax.Array:
-    """The softmax weights einops_attention uses, per head: (B, H, T, S) float32 (for
-    pictures; queries start at position 0)."""
-    groups, repeats = k_BSGK.shape[2], q_BTHK.shape[2] // k_BSGK.shape[2]
-    probs_NQS = _stacked_weights(q_BTHK, k_BSGK, jnp.arange(q_BTHK.shape[1]), causal,
-                                 key_valid_BS)
-    return einops.rearrange(probs_NQS, '(b g) (r t) s -> b (g r) t s', g=groups, r=repeats)
-
-
-def _stacked_weights(q_BTHK, k_BSGK, positions_T, causal: bool, key_valid_BS) -> jax.Array:
-    """Masked softmax weights in the stacked layout of _attend: (N = B * G, Q = R * T, S)."""
-    groups, repeats = k_BSGK.shape[2], q_BTHK.shape[2] // k_BSGK.shape[2]
-    q_NQK = einops.rearrange(q_BTHK, 'b t (g r) k -> (b g) (r t) k', g=groups)
-    k_NSK = einops.rearrange(k_BSGK, 'b s g k -> (b g) s k')
-    scores_NQS = einops.einsum(q_NQK, k_NSK, 'n q k, n s k -> n q s').astype(jnp.float32)
-    scores_NQS = scores_NQS / jnp.sqrt(jnp.float32(q_BTHK.shape[-1]))
-    allowed = jnp.ones((1, 1, 1), bool)
-    if causal:
-        query_pos_Q = einops.repeat(positions_T, 't -> (r t)', r=repeats)
-        allowed = allowed & (query_pos_Q[:, None] >= jnp.arange(k_BSGK.shape[1])[None, :])[None]
-    if key_valid_BS is not None:
-        allowed = allowed & einops.repeat(key_valid_BS, 'b s -> (b g) 1 s', g=groups)
-    scores_NQS = jnp.where(allowed, scores_NQS, jnp.finfo(jnp.float32).min)
-    return jax.nn.softmax(scores_NQS, axis=-1)
-
-
-def library_attention(q_BTHK, k_BSGK, v_BSGK, *, causal: bool, query_offset=0,
-                      key_valid_BS=None) -> jax.Array:
-    """jax.nn.dot_product_attention (cuDNN flash attention on GPU where it applies); the same
-    masking as einops_attention."""
-    plain_causal = isinstance(query_offset, int) and query_offset == 0 and key_valid_BS is None
-    if causal and plain_causal:
-        return jax.nn.dot_product_attention(q_BTHK, k_BSGK, v_BSGK, is_causal=True)
-    allowed_BTS = jnp.ones((1, 1, 1), bool)
-    if causal:
-        query_pos_T = query_offset + jnp.arange(q_BTHK.shape[1])
-        allowed_BTS = allowed_BTS & (query_pos_T[:, None] >= jnp.arange(k_BSGK.shape[1]))[None]
-    if key_valid_BS is not None:
-        allowed_BTS = allowed_BTS & key_valid_BS[:, None, :]
-    mask = jnp.broadcast_to(allowed_BTS, (q_BTHK.shape[0], q_BTHK.shape[1], k_BSGK.shape[1]))
-    return jax.nn.dot_product_attention(q_BTHK, k_BSGK, v_BSGK, mask=mask[:, None])
 
 
 class Attention(nn.Module):
