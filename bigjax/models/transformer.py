@@ -301,7 +301,7 @@ def _classify(module: nn.Module, cfg: TransformerConfig, num_classes: int, x_BTD
     attend both ways behind a class token; 'last' attends causally, like the LM, and reads the
     last valid token (valid tokens come first)."""
     batch = x_BTD.shape[0]
-    causal = cfg.pool == 'last'
+    causal = module.causal
     if not causal:
         class_token = module.param('class_token', _init(nn.initializers.zeros, None, None, 'embed'),
                                    (1, 1, cfg.width), DTYPES[cfg.param_dtype])
