@@ -118,6 +118,8 @@ def main() -> None:
     script, steps = os.path.abspath(__file__), f'--steps={args.steps}'
     contenders = {
         'pytorch (eager, SDPA)': ([script, '--worker=torch', steps], {}),
+        'bigjax (fused CPU attention kernel)': ([script, '--worker=fused', steps],
+                                                {'XLA_FLAGS': ''}),
         'bigjax (einops attention)': ([script, '--worker=einops', steps], {'XLA_FLAGS': ''}),
         'bigjax (jax.nn.dot_product_attention)': ([script, '--worker=dot_product', steps],
                                                   {'XLA_FLAGS': ''}),

@@ -88,7 +88,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.transformer.max_len = 256
     c.model.transformer.dropout = 0.0
     c.model.transformer.tied_embeddings = True
-    c.model.transformer.attention = 'einops'  # 'einops' | 'dot_product' (cuDNN on GPU)
+    # 'einops' | 'dot_product' (cuDNN on GPU) | 'fused' (C++ kernel on CPU, dot_product elsewhere)
+    c.model.transformer.attention = 'einops'
     c.model.transformer.dtype = 'float32'  # compute: 'float32' | 'bfloat16'
     c.model.transformer.param_dtype = 'float32'  # storage
     c.model.transformer.remat = False  # recompute block activations in the backward pass

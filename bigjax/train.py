@@ -126,6 +126,7 @@ def _on_mesh(abstract_tree, shardings):
 def _plan(config, workdir) -> _Plan:
     """Checks the config, data, model and optimizer, and traces the model (nothing compiled)."""
     config_lib.check(config)
+    models.prepare(config.model)
     mesh = parallel.make_mesh(config.mesh)
     rules = parallel.sharding_rules(config)
     microbatches = config.train.microbatches

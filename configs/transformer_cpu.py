@@ -18,6 +18,7 @@ def get_config(arg: str | None = None):
     config.model.name = 'transformer_lm'
     t = config.model.transformer
     t.width, t.depth, t.num_heads, t.mlp_dim, t.max_len = 256, 4, 4, 1024, 256
+    t.attention = 'fused'  # the C++ CPU kernel (built on first use; 'einops' needs no compiler)
     config.optim.name = 'adamw'
     config.optim.learning_rate = 1e-3
     config.optim.b2 = 0.99

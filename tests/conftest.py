@@ -2,11 +2,14 @@
 
 import os
 import pathlib
+import shutil
 import tempfile
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8').strip()
-os.environ.setdefault('TFDS_DATA_DIR', tempfile.mkdtemp(prefix='bigjax_tfds_'))
+PRIVATE_TFDS_DIR = None
+if 'TFDS_DATA_DIR' not in os.environ:
+    PRIVATE_TFDS_DIR = os.environ['TFDS_DATA_DIR'] = tempfile.mkdtemp(prefix='bigjax_tfds_')
 
 import jax  # noqa: E402  (after XLA_FLAGS)
 import pytest  # noqa: E402
@@ -24,6 +27,13 @@ def load_config(name: str, arg: str | None = None, *, report: bool = False):
     config = config_lib.from_file(f'configs/{name}.py' + (f':{arg}' if arg else ''))
     config.report.enabled = report
     return config
+
+
+@pytest.fixture(scope='session', autouse=True)
+def remove_private_tfds_dir():
+    yield
+    if PRIVATE_TFDS_DIR:
+        shutil.rmtree(PRIVATE_TFDS_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope='session', autouse=True)

@@ -3,6 +3,7 @@
 import flax.linen as nn
 
 from bigjax.errors import UserError
+from bigjax.models import attention
 from bigjax.models.cnn import SimpleCNN
 from bigjax.models.transformer import (TransformerClassifier, TransformerConfig, TransformerLM,
                                        ViT)
@@ -36,3 +37,10 @@ def build_model(model_config, data_kind: str, *, num_classes: int = 0,
     if name == 'transformer_classifier':
         return TransformerClassifier(cfg, vocab_size, num_classes)
     return ViT(cfg, num_classes)
+
+
+def prepare(model_config) -> None:
+    """What the configured model needs from this machine before tracing (the fused CPU
+    attention kernel, built on first use), done first so its errors come before any data."""
+    if model_config.name != 'cnn' and model_config.transformer.attention == 'fused':
+        attention.prepare_fused()

@@ -1,6 +1,7 @@
 """Attention as pure functions: softmax attention written with einops (the reference, with
 causal query blocks that skip masked keys), jax.nn.dot_product_attention with the same masking
-(cuDNN flash attention on GPU), the weights for pictures, and rotary positions.
+(cuDNN flash attention on GPU), a fused kernel on CPU, the weights for pictures, and rotary
+positions.
 
 Shape suffixes: B batch, T query length, S key length, H query heads, G key/value heads,
 R = H // G query heads per key/value head, K head width, N = B * G.
@@ -9,6 +10,8 @@ R = H // G query heads per key/value head, K head width, N = B * G.
 import einops
 import jax
 import jax.numpy as jnp
+
+from bigjax.kernels import causal_attention
 
 
 def rotate(x_BTNK: jax.Array, positions_BT: jax.Array) -> jax.Array:
@@ -97,3 +100,31 @@ def library_attention(q_BTHK, k_BSGK, v_BSGK, *, causal: bool, query_offset=0,
         allowed_BTS = allowed_BTS & key_valid_BS[:, None, :]
     mask = jnp.broadcast_to(allowed_BTS, (q_BTHK.shape[0], q_BTHK.shape[1], k_BSGK.shape[1]))
     return jax.nn.dot_product_attention(q_BTHK, k_BSGK, v_BSGK, mask=mask[:, None])
+
+
+FUSED = "model.transformer.attention='fused'"
+
+
+def prepare_fused() -> None:
+    """Builds the CPU kernel of fused_attention now (on CPU), so that a machine without a C++
+    compiler fails with one clear line before any data is read."""
+    if jax.default_backend() == 'cpu':
+        causal_attention.register(FUSED)
+
+
+def fused_attention(q_BTHK, k_BSGK, v_BSGK, *, causal: bool, query_offset=0,
+                    key_valid_BS=None, qkv_BTGCK=None) -> jax.Array:
+    """The fastest fused attention each platform has: on CPU bigjax's C++ kernel for causal
+    self-attention in float32 (the einops reference for every other case: encoders, key masks,
+    decoding with a cache), on GPU/TPU library_attention. qkv_BTGCK: the fused projection's
+    output when q, k and v are its slices (see kernels.causal_attention)."""
+    if jax.default_backend() != 'cpu':
+        return library_attention(q_BTHK, k_BSGK, v_BSGK, causal=causal,
+                                 query_offset=query_offset, key_valid_BS=key_valid_BS)
+    plain_causal = (causal and key_valid_BS is None and isinstance(query_offset, int)
+                    and query_offset == 0 and q_BTHK.shape[1] == k_BSGK.shape[1])
+    if plain_causal and causal_attention.supports(q_BTHK, k_BSGK):
+        return causal_attention.causal_attention(
+            q_BTHK, k_BSGK, v_BSGK, purpose=FUSED, qkv_BTGCK=qkv_BTGCK)
+    return einops_attention(q_BTHK, k_BSGK, v_BSGK, causal=causal, query_offset=query_offset,
+                            key_valid_BS=key_valid_BS)

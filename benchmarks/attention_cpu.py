@@ -1,0 +1,97 @@
+"""Causal attention alone on CPU: bigjax's fused kernel vs the einops reference vs
+jax.nn.dot_product_attention vs PyTorch's scaled_dot_product_attention, forward and
+forward+backward, at the benchmark LM's shape (batch 16, 256 tokens, 4 heads of 64), in one
+process, interleaved rounds, best of each.
+
+Inputs are the packed projection (B, T, heads, 3, K) the model hands to attention, so the JAX
+contenders pay for the slices and layouts they need, as they do in the model.
+
+python benchmarks/attention_cpu.py [--rounds=5]
+"""
+
+import argparse
+import os
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+import bigjax  # noqa: E402,F401  (sets bigjax's XLA defaults before jax starts)
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bigjax.models import attention  # noqa: E402
+
+BATCH, LENGTH, HEADS, WIDTH = 16, 256, 4, 64
+
+
+def jax_contenders():
+    def make(attend, packed_hint):
+        def forward(qkv):
+            q, k, v = qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]
+            extra = {'qkv_BTGCK': qkv} if packed_hint else {}
+            return attend(q, k, v, causal=True, **extra)
+
+        def forward_backward(qkv):
+            out, vjp = jax.vjp(forward, qkv)
+            return vjp(out)
+        return jax.jit(forward), jax.jit(forward_backward)
+
+    return {'bigjax fused kernel': make(attention.fused_attention, True),
+            'einops reference': make(attention.einops_attention, False),
+            'jax.nn.dot_product_attention': make(attention.library_attention, False)}
+
+
+def torch_contender(qkv_np):
+    import torch
+    import torch.nn.functional as F
+    packed = torch.from_numpy(qkv_np.copy())
+    q, k, v = (packed[:, :, :, i].transpose(1, 2).contiguous().requires_grad_() for i in range(3))
+
+    def forward():
+        with torch.no_grad():
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    def forward_backward():
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        out.backward(out.detach())
+    return forward, forward_backward
+
+
+def best_ms(fn, block, repeats=10) -> float:
+    block(fn())
+    start = time.perf_counter()
+    for _ in range(repeats):
+        result = fn()
+    block(result)
+    return (time.perf_counter() - start) / repeats * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--rounds', type=int, default=5)
+    args = parser.parse_args()
+    qkv_np = np.random.default_rng(0).standard_normal(
+        (BATCH, LENGTH, HEADS, 3, WIDTH)).astype(np.float32)
+    qkv = jax.numpy.asarray(qkv_np)
+    timers = {name: (lambda f=f: f(qkv), lambda f=g: f(qkv))
+              for name, (f, g) in jax_contenders().items()}
+    timers['pytorch SDPA'] = torch_contender(qkv_np)
+    blocks = {name: (lambda r: None) if name.startswith('pytorch') else jax.block_until_ready
+              for name in timers}
+    best = {name: [float('inf'), float('inf')] for name in timers}
+    for _ in range(args.rounds):
+        for name, fns in timers.items():
+            for i, fn in enumerate(fns):
+                best[name][i] = min(best[name][i], best_ms(fn, blocks[name]))
+    reference = best['pytorch SDPA'][1]
+    print(f'\nB{BATCH} T{LENGTH} H{HEADS} K{WIDTH} causal float32, {os.cpu_count()} CPUs, '
+          f'best of {args.rounds} rounds')
+    print(f'{"contender":32s} {"forward ms":>11s} {"fwd+bwd ms":>11s} {"fwd+bwd vs pytorch":>19s}')
+    for name, (forward, both) in best.items():
+        print(f'{name:32s} {forward:11.2f} {both:11.2f} {reference / both:18.2f}x')
+
+
+if __name__ == '__main__':
+    main()

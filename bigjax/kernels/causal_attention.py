@@ -1,0 +1,85 @@
+"""Fused causal attention on CPU (causal_attention.cc through XLA FFI), differentiable.
+
+The forward kernel returns the output and each query's log-sum-exp; the backward kernel
+recomputes the weights from them, so no T x T array is ever stored. Inputs are float32 in the
+fused projection's layout; the length is padded to the kernel's block of 64 (padded keys come
+after every real query, so causality hides them). Under a multi-device mesh XLA gathers the inputs
+for the call: the kernel is for CPU training on one device (or process).
+"""
+
+import jax
+import jax.numpy as jnp
+
+from bigjax import kernels
+
+BLOCK = 64
+HEAD_WIDTHS = (16, 32, 64, 128)
+
+
+_REGISTERED = []  # the library whose handlers XLA:CPU calls, once registered
+
+
+def register(purpose: str) -> None:
+    """Builds (once per machine) and loads the kernel, and registers it with XLA:CPU once per
+    process. `purpose` names the setting that asked for it, in the error when it cannot be
+    built."""
+    if _REGISTERED:
+        return
+    library = kernels.library('causal_attention', purpose)
+    for target, symbol in (('bigjax_causal_attention_fwd', library.BigjaxCausalAttentionForward),
+                           ('bigjax_causal_attention_bwd', library.BigjaxCausalAttentionBackward)):
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(symbol), platform='cpu')
+    _REGISTERED.append(library)
+
+
+def supports(q_BTHK, k_BSGK) -> bool:
+    """Whether the kernel computes this call: float32, a head width it was built for, and
+    query heads that split evenly over the key/value heads."""
+    return (q_BTHK.dtype == jnp.float32 and k_BSGK.dtype == jnp.float32
+            and q_BTHK.shape[-1] in HEAD_WIDTHS and q_BTHK.shape[2] % k_BSGK.shape[2] == 0)
+
+
+def causal_attention(q_BTHK, k_BTGK, v_BTGK, *, purpose: str, qkv_BTGCK=None) -> jax.Array:
+    """softmax(q k^T / sqrt(K), causal) v for queries and keys at positions 0..T-1.
+
+    The kernel reads and writes the fused projection's layout (B, T, G, R + 2, K): per
+    key/value head its R query heads, its key and its value. Pass that array as qkv_BTGCK when
+    q, k and v are its slices, so the gradient lands in it directly; otherwise it is packed here.
+    """
+    register(purpose)
+    batch, length, heads, width = q_BTHK.shape
+    groups = k_BTGK.shape[2]
+    if qkv_BTGCK is None:
+        qkv_BTGCK = jnp.concatenate(
+            [q_BTHK.reshape(batch, length, groups, heads // groups, width),
+             k_BTGK[:, :, :, None], v_BTGK[:, :, :, None]], axis=3)
+    padded = -length % BLOCK
+    if padded:
+        qkv_BTGCK = jnp.pad(qkv_BTGCK, ((0, 0), (0, padded), (0, 0), (0, 0), (0, 0)))
+    return _attend(qkv_BTGCK)[:, :length]
+
+
+def _forward_call(qkv_BTGCK):
+    batch, length, groups, slots, width = qkv_BTGCK.shape
+    heads = groups * (slots - 2)
+    shapes = (jax.ShapeDtypeStruct((batch, length, heads, width), jnp.float32),
+              jax.ShapeDtypeStruct((batch, heads, length), jnp.float32))
+    return jax.ffi.ffi_call('bigjax_causal_attention_fwd', shapes)(qkv_BTGCK)
+
+
+@jax.custom_vjp
+def _attend(qkv_BTGCK):
+    return _forward_call(qkv_BTGCK)[0]
+
+
+def _attend_forward(qkv_BTGCK):
+    out_BTHK, lse_BHT = _forward_call(qkv_BTGCK)
+    return out_BTHK, (qkv_BTGCK, out_BTHK, lse_BHT)
+
+
+def _attend_backward(residuals, dout_BTHK):
+    shape = jax.ShapeDtypeStruct(residuals[0].shape, jnp.float32)
+    return (jax.ffi.ffi_call('bigjax_causal_attention_bwd', shape)(*residuals, dout_BTHK),)
+
+
+_attend.defvjp(_attend_forward, _attend_backward)

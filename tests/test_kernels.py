@@ -1,0 +1,118 @@
+"""The fused CPU attention kernel (bigjax/kernels) against the einops reference, and its build."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import load_config
+
+from bigjax import kernels, train
+from bigjax.errors import UserError
+from bigjax.kernels import causal_attention
+from bigjax.models import attention, transformer as T
+
+pytestmark = pytest.mark.skipif(kernels._compiler() is None, reason='no C++ compiler')
+
+
+def qkv(batch, length, heads, groups, width, seed=0):
+    keys = jax.random.split(jax.random.PRNGKey(seed), 4)
+    return (jax.random.normal(keys[0], (batch, length, heads, width)),
+            jax.random.normal(keys[1], (batch, length, groups, width)),
+            jax.random.normal(keys[2], (batch, length, groups, width)),
+            jax.random.normal(keys[3], (batch, length, heads, width)))
+
+
+def outputs_and_grads(attend, q, k, v, cotangent):
+    out, vjp = jax.vjp(lambda q, k, v: attend(q, k, v, causal=True), q, k, v)
+    return (out, *vjp(cotangent))
+
+
+@pytest.mark.parametrize('batch, length, heads, groups, width', [
+    (2, 128, 4, 4, 64),  # multi-head, whole blocks
+    (2, 100, 8, 2, 32),  # grouped-query heads, a length padded to the block
+    (1, 64, 2, 1, 128),  # one key/value head, the widest head
+    (3, 70, 4, 2, 16),
+])
+def test_fused_attention_and_its_gradients_equal_the_einops_reference(batch, length, heads,
+                                                                      groups, width):
+    q, k, v, cotangent = qkv(batch, length, heads, groups, width)
+    fused = jax.jit(lambda *a: outputs_and_grads(attention.fused_attention, *a))(q, k, v, cotangent)
+    reference = outputs_and_grads(attention.einops_attention, q, k, v, cotangent)
+    for name, ours, theirs in zip(('out', 'dq', 'dk', 'dv'), fused, reference):
+        np.testing.assert_allclose(ours, theirs, atol=2e-5, rtol=1e-5, err_msg=name)
+
+
+def test_the_kernel_reads_and_writes_the_packed_projection():
+    """Given the fused projection, the kernel attends over it in place: same output, and the
+    gradient of the packed array holds dq, dk and dv in their slots."""
+    q, k, v, cotangent = qkv(2, 64, 4, 2, 16)
+    packed = jnp.concatenate([q.reshape(2, 64, 2, 2, 16), k[:, :, :, None], v[:, :, :, None]], 3)
+
+    def attend(packed):
+        q, k, v = packed[:, :, :, :2].reshape(2, 64, 4, 16), packed[:, :, :, 2], packed[:, :, :, 3]
+        return causal_attention.causal_attention(q, k, v, purpose='test', qkv_BTGCK=packed)
+
+    out, vjp = jax.vjp(attend, packed)
+    (grad,) = vjp(cotangent)
+    reference = outputs_and_grads(attention.einops_attention, q, k, v, cotangent)
+    np.testing.assert_allclose(out, reference[0], atol=2e-5)
+    np.testing.assert_allclose(grad[:, :, :, :2].reshape(2, 64, 4, 16), reference[1], atol=2e-5)
+    np.testing.assert_allclose(grad[:, :, :, 2], reference[2], atol=2e-5)
+    np.testing.assert_allclose(grad[:, :, :, 3], reference[3], atol=2e-5)
+
+
+@pytest.mark.parametrize('positions', ['learned', 'rope'])
+def test_an_lm_with_fused_attention_matches_the_einops_lm(positions):
+    """Same parameters, same logits and gradients, whichever attention the LM uses."""
+    def build(attention_name):
+        cfg = T.TransformerConfig(width=64, depth=2, num_heads=4, num_kv_heads=2, mlp_dim=128,
+                                  max_len=80, positions=positions, attention=attention_name)
+        return T.TransformerLM(cfg, 40)
+
+    x = jax.random.randint(jax.random.PRNGKey(1), (2, 80), 0, 40)
+    fused, einops_lm = build('fused'), build('einops')
+    params = nn.unbox(fused.init(jax.random.PRNGKey(0), x, train=False))['params']
+    loss = lambda model: jax.jit(jax.value_and_grad(
+        lambda p: jnp.mean(model.apply({'params': p}, x, train=False) ** 2)))
+    (value, grads), (reference_value, reference_grads) = loss(fused)(params), loss(einops_lm)(params)
+    np.testing.assert_allclose(value, reference_value, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grads,
+                 reference_grads)
+
+
+def test_cases_the_kernel_does_not_cover_use_the_reference():
+    q, k, v, _ = qkv(2, 64, 4, 2, 8)  # head width 8: not built
+    valid = jnp.arange(64)[None, :] < jnp.array([[40], [64]])
+    for kwargs in ({'causal': True}, {'causal': False, 'key_valid_BS': valid}):
+        np.testing.assert_array_equal(attention.fused_attention(q, k, v, **kwargs),
+                                      attention.einops_attention(q, k, v, **kwargs))
+
+
+def test_a_missing_compiler_is_one_clear_line_before_any_data_is_read(monkeypatch, tmp_path):
+    config = load_config('transformer_cpu', 'smoke')
+    config.model.transformer.attention = 'fused'
+    config.data.name = 'no_such_dataset'  # would fail later, when the data is opened
+    monkeypatch.setenv('CXX', 'no-such-compiler')
+    monkeypatch.setenv('BIGJAX_KERNEL_CACHE', str(tmp_path))
+    monkeypatch.setattr(causal_attention, '_REGISTERED', [])  # as in a fresh process
+    monkeypatch.setattr(kernels, '_LOADED', {})
+    with pytest.raises(UserError, match=r"attention='fused' builds a C\+\+ kernel .* no C\+\+ "
+                                        r"compiler was found \(CXX='no-such-compiler'\)"):
+        train.run(config, str(tmp_path / 'work'))
+    assert not (tmp_path / 'work').exists()
+
+
+def test_a_failed_build_is_a_clear_error_and_leaves_no_partial_library(monkeypatch, tmp_path):
+    monkeypatch.setenv('CXX', 'false')  # a "compiler" that always fails
+    monkeypatch.setenv('BIGJAX_KERNEL_CACHE', str(tmp_path))
+    with pytest.raises(UserError, match='building causal_attention.cc with .*false failed'):
+        kernels.build('causal_attention', 'test')
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_builds_are_cached_per_source_and_compiler(monkeypatch, tmp_path):
+    monkeypatch.setenv('BIGJAX_KERNEL_CACHE', str(tmp_path))
+    path = kernels.build('causal_attention', 'test')
+    assert kernels.build('causal_attention', 'test') == path
+    assert [p.name for p in tmp_path.iterdir()] == [path.rsplit('/', 1)[1]]
