@@ -23,6 +23,7 @@ def get_config(arg: str | None = None):
     config.model.name = 'transformer_lm'
     m = config.model.transformer
     m.width, m.depth, m.num_heads, m.mlp_dim, m.max_len, m.dropout = 128, 4, 4, 512, 64, 0.0
+    m.attention = 'fused'  # the C++ CPU kernel (built on first use; 'einops' needs no compiler)
     config.optim.name = 'adamw'
     config.optim.learning_rate = 1e-3
     config.optim.b2 = 0.99
