@@ -268,7 +268,7 @@ class Mlp(nn.Module):
             h_NF = nn.silu(dense(cfg.mlp_dim, ('embed', 'mlp'), 'gate')(x_ND)) * h_NF
         else:
             # Recomputed in the backward pass rather than stored: one pass less over the
-            # widest activation (the step ~3 % faster on CPU, benchmarks/README.md).
+            # widest activation (the CPU LM step ~2 % faster, benchmarks/README.md).
             h_NF = jax.checkpoint(nn.gelu)(h_NF)
         h_NF = _constrain(h_NF, 'batch', 'mlp')
         return dense(cfg.width, ('mlp', 'embed'), 'down')(h_NF).reshape(x_BTD.shape)
