@@ -10,7 +10,8 @@ from conftest import load_config
 from bigjax import kernels, train
 from bigjax.errors import UserError
 from bigjax.kernels import causal_attention
-from bigjax.models import attention, transformer as T
+from bigjax.models import attention
+from bigjax.models import transformer as T
 
 pytestmark = pytest.mark.skipif(kernels._compiler() is None, reason='no C++ compiler')
 

@@ -66,7 +66,7 @@ def build(name: str, purpose: str) -> str:
     os.close(descriptor)
     try:
         result = subprocess.run([compiler, *_flags(), source, '-o', partial],
-                                capture_output=True, text=True)
+                                capture_output=True, text=True, check=False)
         if result.returncode != 0:
             lines = result.stderr.splitlines()
             first_error = next((line for line in lines if 'error' in line),

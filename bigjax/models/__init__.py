@@ -5,8 +5,7 @@ import flax.linen as nn
 from bigjax.errors import UserError
 from bigjax.models import attention
 from bigjax.models.cnn import SimpleCNN
-from bigjax.models.transformer import (TransformerClassifier, TransformerConfig, TransformerLM,
-                                       ViT)
+from bigjax.models.transformer import TransformerClassifier, TransformerConfig, TransformerLM, ViT
 
 TRANSFORMERS = (TransformerLM, TransformerClassifier, ViT)
 INPUTS = {  # the data kinds (bigjax.data.KINDS) each model takes

@@ -11,7 +11,6 @@ heads, R = H // G query heads per key/value head, K head width, F MLP width, V v
 
 import dataclasses
 import functools
-import math
 
 import einops
 import flax.linen as nn
@@ -19,8 +18,14 @@ import jax
 import jax.numpy as jnp
 
 from bigjax.errors import UserError
-from bigjax.models.attention import (attention_weights, einops_attention, fused_attention,
-                                     library_attention, rotate)
+from bigjax.models.attention import (
+    attention_weights,
+    einops_attention,
+    fused_attention,
+    library_attention,
+    rotate,
+)
+from bigjax.models.projection import projection
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 NORMS = ('layernorm', 'rmsnorm')
@@ -148,7 +153,7 @@ class Attention(nn.Module):
             (groups, repeats + 2, cfg.head_dim), dtype=DTYPES[cfg.dtype],
             param_dtype=DTYPES[cfg.param_dtype], use_bias=False, name='qkv',
             kernel_init=_init(nn.initializers.lecun_normal(), 'embed', 'heads', None, 'kv'),
-            dot_general=_projection)(x_ND)
+            dot_general=projection)(x_ND)
         adapter = _lora(self, cfg, 'qkv', x_ND, (width,), (groups, repeats + 2, cfg.head_dim),
                         ('embed',), ('heads', None, 'kv'))
         if adapter is not None:
@@ -177,7 +182,7 @@ class Attention(nn.Module):
         out_NHK = out_BTHK.reshape(batch * length, cfg.num_heads, cfg.head_dim)
         out_ND = nn.DenseGeneral(width, axis=(-2, -1), dtype=DTYPES[cfg.dtype],
                                  param_dtype=DTYPES[cfg.param_dtype], use_bias=False, name='out',
-                                 dot_general=_projection,
+                                 dot_general=projection,
                                  kernel_init=_init(nn.initializers.lecun_normal(),
                                                    'heads', 'kv', 'embed'))(out_NHK)
         adapter = _lora(self, cfg, 'out', out_NHK, (cfg.num_heads, cfg.head_dim), (width,),
@@ -201,48 +206,6 @@ class Attention(nn.Module):
         return cached_k.value, cached_v.value, start
 
 
-def _projection(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
-    """The projections' dot_general (the input's trailing axes against the kernel's leading
-    ones) as one 2-D product: XLA:CPU then keeps the gradients in place instead of transposing
-    them. On CPU a layer with fewer outputs than inputs takes its weight gradient through
-    _narrowing_matmul. (Together ~6 % of the CPU LM step, benchmarks/README.md.)"""
-    (lhs_axes, rhs_axes), (lhs_batch, _) = dimension_numbers
-    count = len(lhs_axes)
-    if (lhs_batch or tuple(lhs_axes) != tuple(range(lhs.ndim - count, lhs.ndim))
-            or tuple(rhs_axes) != tuple(range(count))):
-        return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
-                                   preferred_element_type=preferred_element_type)
-    inner = math.prod(lhs.shape[lhs.ndim - count:])
-    x_NI, w_IO = lhs.reshape(-1, inner), rhs.reshape(inner, -1)
-    if (w_IO.shape[1] < inner and jax.default_backend() == 'cpu' and precision is None
-            and preferred_element_type is None):
-        y_NO = _narrowing_matmul(x_NI, w_IO)
-    else:
-        y_NO = jnp.matmul(x_NI, w_IO, precision=precision,
-                          preferred_element_type=preferred_element_type)
-    return y_NO.reshape(*lhs.shape[:lhs.ndim - count], *rhs.shape[count:])
-
-
-@jax.custom_vjp
-def _narrowing_matmul(x_NI, w_IO):
-    """x @ w whose weight gradient is computed as (g^T x)^T: XLA:CPU's product runs ~1.4x
-    faster with the wide dimension as its output's columns. The barrier keeps XLA from
-    rewriting it back to x^T g."""
-    return x_NI @ w_IO
-
-
-def _narrowing_forward(x_NI, w_IO):
-    return x_NI @ w_IO, (x_NI, w_IO)
-
-
-def _narrowing_backward(residuals, g_NO):
-    x_NI, w_IO = residuals
-    return g_NO @ w_IO.T, jax.lax.optimization_barrier(g_NO.T @ x_NI).T
-
-
-_narrowing_matmul.defvjp(_narrowing_forward, _narrowing_backward)
-
-
 class Mlp(nn.Module):
     """up (and gate, for SwiGLU) -> activation -> down, on the flattened tokens."""
 
@@ -256,7 +219,7 @@ class Mlp(nn.Module):
                 y_NO = nn.Dense(features, dtype=DTYPES[cfg.dtype],
                                 param_dtype=DTYPES[cfg.param_dtype], name=name, use_bias=False,
                                 kernel_init=_init(nn.initializers.lecun_normal(), *axes),
-                                dot_general=_projection)(x_NI)
+                                dot_general=projection)(x_NI)
                 adapter = _lora(self, cfg, name, x_NI, (x_NI.shape[-1],), (features,),
                                 axes[:1], axes[1:])
                 return y_NO if adapter is None else y_NO + adapter.astype(y_NO.dtype)
