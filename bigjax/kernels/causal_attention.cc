@@ -22,6 +22,7 @@
 #include <memory>
 #include <numeric>
 #include <thread>
+#include <type_traits>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -352,19 +353,25 @@ ffi::Error dims_of(ffi::Buffer<ffi::F32>& qkv, Dims& dims) {
   return ffi::Error::Success();
 }
 
+// Calls f with the kernel's vector count NV (16 * NV = K) as a compile-time constant.
+template <typename F>
+void by_width(int64_t width, F&& f) {
+  switch (width) {
+    case 16: f(std::integral_constant<int, 1>{}); break;
+    case 32: f(std::integral_constant<int, 2>{}); break;
+    case 64: f(std::integral_constant<int, 4>{}); break;
+    default: f(std::integral_constant<int, 8>{}); break;
+  }
+}
+
 ffi::Error forward_impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv,
                         ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> lse) {
   Dims dims;
   if (ffi::Error error = dims_of(qkv, dims); error.failure()) return error;
-  auto run = [&](auto kernel) {
-    kernel(pool, dims, qkv.typed_data(), out->typed_data(), lse->typed_data());
-  };
-  switch (dims.width) {
-    case 16: run(forward<1>); break;
-    case 32: run(forward<2>); break;
-    case 64: run(forward<4>); break;
-    default: run(forward<8>); break;
-  }
+  by_width(dims.width, [&](auto nv) {
+    forward<decltype(nv)::value>(pool, dims, qkv.typed_data(), out->typed_data(),
+                                 lse->typed_data());
+  });
   return ffi::Error::Success();
 }
 
@@ -373,16 +380,10 @@ ffi::Error backward_impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv,
                          ffi::Buffer<ffi::F32> dout, ffi::ResultBuffer<ffi::F32> dqkv) {
   Dims dims;
   if (ffi::Error error = dims_of(qkv, dims); error.failure()) return error;
-  auto run = [&](auto kernel) {
-    kernel(pool, dims, qkv.typed_data(), out.typed_data(), lse.typed_data(), dout.typed_data(),
-           dqkv->typed_data());
-  };
-  switch (dims.width) {
-    case 16: run(backward<1>); break;
-    case 32: run(backward<2>); break;
-    case 64: run(backward<4>); break;
-    default: run(backward<8>); break;
-  }
+  by_width(dims.width, [&](auto nv) {
+    backward<decltype(nv)::value>(pool, dims, qkv.typed_data(), out.typed_data(),
+                                  lse.typed_data(), dout.typed_data(), dqkv->typed_data());
+  });
   return ffi::Error::Success();
 }
 
