@@ -5,6 +5,9 @@ python launch.py --config=configs/transformer_cpu.py --workdir=DIR --mode=sample
 python launch.py --config=configs/cnn_digits.py --workdir=DIR --mode=report  (DIR/report.html)
 python launch.py --config=CONFIG --workdir=DIR --mode=export --export_dir=OUT  (LoRA merged;
     OUT serves as --config.init_from.path)
+python launch.py --config=configs/transformer_tpu.py --workdir=DIR --mode=compile --topology=v5e-8
+    (compiles the train and eval steps for that TPU slice on any machine: HBM per chip, FLOPs,
+    a roofline estimate; DIR/compile.json)
 Any config value can be overridden: --config.optim.learning_rate=3e-4 --config.train.num_steps=500.
 Several processes (multi-host GPU, or CPU tests): --num_processes=N --process_id=I
 --coordinator_address=HOST:PORT on each; on Cloud TPU slices this is detected by itself.
@@ -18,9 +21,13 @@ from ml_collections import config_flags
 config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/cnn_digits.py[:arg].',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and the report go (resumes).')
-flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'report', 'export'],
-                  'Train; sample from a trained LM; (re)write the workdir\'s report.html; or export '
-                  'its latest parameters (LoRA adapters merged) to --export_dir.')
+flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'report', 'export', 'compile'],
+                  'Train; sample from a trained LM; (re)write the workdir\'s report.html; export '
+                  'its latest parameters (LoRA adapters merged) to --export_dir; or compile the '
+                  'steps for --topology and report whether they fit.')
+flags.DEFINE_string('topology', '', 'compile: a TPU slice, e.g. v5e-1, v5e-8, v6e-8, v4-8, v5p-8.')
+flags.DEFINE_integer('num_slices', 1, 'compile: slices of --topology joined over the data-center '
+                     'network (mesh.data spans them).')
 flags.DEFINE_string('export_dir', '', 'export: an empty or new folder for the parameters.')
 flags.DEFINE_string('prompt', '', 'sample: the text to continue.')
 flags.DEFINE_integer('num_tokens', 200, 'sample: how many tokens to add.')
@@ -64,10 +71,19 @@ def main(argv):
         config.keys()  # config_flags defers a missing config file's error to first use.
     except OSError as e:
         fail(f'cannot load the config file: {str(e).splitlines()[-1].strip()}')
-    from bigjax import finetune, parallel, report, sample, train
-    from bigjax.errors import UserError
     FLAGS = flags.FLAGS
+    if FLAGS.mode == 'compile':
+        from bigjax import aot
+        aot.prepare_environment(FLAGS.topology)  # before JAX starts a backend
+    from bigjax import aot, export, parallel, report, sample, train
+    from bigjax.errors import UserError
     try:
+        if FLAGS.mode == 'compile':
+            if not FLAGS.topology:
+                raise UserError('--mode=compile needs --topology, e.g. --topology=v5e-8')
+            print(aot.describe(aot.compile_config(config, FLAGS.topology, FLAGS.workdir,
+                                                  FLAGS.num_slices)))
+            return
         parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                         FLAGS.process_id)
         if FLAGS.mode == 'sample':
@@ -77,7 +93,7 @@ def main(argv):
         elif FLAGS.mode == 'report':
             print(report.from_workdir(config, FLAGS.workdir))
         elif FLAGS.mode == 'export':
-            print(finetune.export(config, FLAGS.workdir, FLAGS.export_dir))
+            print(export.export(config, FLAGS.workdir, FLAGS.export_dir))
         else:
             train.run(config, FLAGS.workdir)
     except UserError as e:

@@ -92,7 +92,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.transformer.attention = 'einops'
     c.model.transformer.dtype = 'float32'  # compute: 'float32' | 'bfloat16'
     c.model.transformer.param_dtype = 'float32'  # storage
-    c.model.transformer.remat = False  # recompute block activations in the backward pass
+    # What each block recomputes in the backward pass instead of storing: 'none' | 'block'
+    # (everything but its input) | 'dots' (keeps the projections' outputs)
+    c.model.transformer.remat = 'none'
+    c.model.transformer.scan_layers = False  # the blocks as one nn.scan: one compiled block
     c.model.transformer.patch_size = 4  # vit
     c.model.transformer.pool = 'cls'  # classifier/vit: 'cls' | 'mean'; 'last': causal (text)
     c.model.transformer.lora_rank = 0  # > 0: LoRA adapters; only they, the head and the class
@@ -128,6 +131,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 0  # steps between checkpoints; 0 = once per epoch, and at the end
     c.train.keep_checkpoints = 3
     c.train.microbatches = 1  # gradient accumulation: the batch is split into this many steps
+    c.train.logits_chunk = 0  # LMs: > 0 makes the output layer's logits (and loss) this many
+    # positions at a time, recomputed in the backward pass: never all (batch, length, vocab)
     c.train.peak_flops = 0.0  # FLOP/s of all devices for MFU; 0 = chip table, or measured on CPU
     c.train.profile_start_step = 0  # > 0: jax.profiler trace of profile_steps steps from here
     c.train.profile_steps = 5
@@ -152,7 +157,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.mesh.tensor = 1
     # Logical axis -> mesh axes (a name, a tuple of names, or None = replicated).
     c.sharding_rules = (('batch', ('data', 'fsdp')), ('embed', 'fsdp'), ('heads', 'tensor'),
-                        ('mlp', 'tensor'), ('vocab', 'tensor'), ('kv', None), ('length', None))
+                        ('mlp', 'tensor'), ('vocab', 'tensor'), ('kv', None), ('length', None),
+                        ('layers', None))
     return c
 
 

@@ -306,36 +306,9 @@ def merge_lora(params, cfg) -> dict:
             a, b = names[name], names[name[:-1] + 'b']
             kernel_name = name[:-len('_lora_a')] + '/kernel'
             kernel = merged[kernel_name]
-            delta = (a.reshape(-1, cfg.lora_rank) @ b.reshape(cfg.lora_rank, -1)) * scale
+            layers = a.ndim + b.ndim - 2 - kernel.ndim  # 1 under scan_layers: one per layer
+            lead = int(np.prod(kernel.shape[:layers]))
+            delta = (a.reshape(lead, -1, cfg.lora_rank) @ b.reshape(lead, cfg.lora_rank, -1)
+                     ) * scale
             merged[kernel_name] = (kernel + delta.reshape(kernel.shape)).astype(kernel.dtype)
     return unflat(merged)
-
-
-def export(config, workdir, export_dir) -> str:
-    """Writes the model variables of `workdir`'s latest checkpoint to <export_dir>/state, LoRA
-    adapters merged into their kernels, and <export_dir>/config.json for the merged model
-    (lora_rank 0). The folder then serves as init_from.path. Returns a one-line summary."""
-    from bigjax import train  # The model and checkpoint come as training has them.
-    if not str(export_dir).strip():
-        raise UserError('--mode=export needs --export_dir=FOLDER (a new or empty folder)')
-    out = workdir_lib.resolve(export_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f'--export_dir={export_dir} is not empty: name a new folder (nothing '
-                        'there is overwritten)')
-    plan, state, step = train.load_state(config, workdir)
-    params = jax.device_get(state.params)
-    merged_config = config.copy_and_resolve_references()
-    lora = uses_lora(config)
-    if lora:
-        params = merge_lora(params, plan.model.cfg)
-        merged_config.model.transformer.lora_rank = 0
-    merged_config.init_from.path = ''
-    out.mkdir(parents=True, exist_ok=True)
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(out / 'state', {'params': params,
-                                      'model_state': jax.device_get(state.model_state)})
-    checkpointer.wait_until_finished()
-    workdir_lib.write_config(out, json.loads(merged_config.to_json_best_effort()))
-    count = sum(int(np.prod(v.shape)) for v in flat(params).values())
-    return (f'Exported step {step} of {plan.workdir} to {out}: {count:,} parameters'
-            + (' (LoRA adapters merged)' if lora else ''))

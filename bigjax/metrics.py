@@ -89,6 +89,32 @@ def lm_eval_sums(logits_BTV: jax.Array, targets_BT: jax.Array, weights_BT: jax.A
     return sums
 
 
+def chunked(sums_fn, hidden_BTD: jax.Array, unembed_DV: jax.Array, targets_BT: jax.Array,
+            weights_BT: jax.Array | None, chunk: int, **kwargs) -> dict[str, jax.Array]:
+    """sums_fn(logits, targets, weights, **kwargs) over every position, with the logits
+    (hidden @ unembed, float32) made `chunk` positions at a time and recomputed in the backward
+    pass: at most (B, chunk, V) logits live instead of (B, T, V). Sums add over chunks."""
+    batch, length, width = hidden_BTD.shape
+    weights_BT = _weights(targets_BT, weights_BT)
+    to_chunks = lambda x: jnp.swapaxes(x.reshape(batch, length // chunk, chunk, *x.shape[2:]),
+                                       0, 1)
+
+    @jax.checkpoint
+    def add_chunk(sums, chunk_xs):
+        hidden_BCD, targets_BC, weights_BC = chunk_xs
+        logits_BCV = jnp.einsum('bcd,dv->bcv', hidden_BCD, unembed_DV,
+                                preferred_element_type=jnp.float32)
+        return add(sums, sums_fn(logits_BCV, targets_BC, weights_BC, **kwargs)), None
+
+    zeros = jax.tree.map(
+        jnp.zeros_like, jax.eval_shape(lambda: sums_fn(
+            jnp.zeros((batch, chunk, unembed_DV.shape[1]), jnp.float32), targets_BT[:, :chunk],
+            weights_BT[:, :chunk], **kwargs)))
+    sums, _ = jax.lax.scan(add_chunk, zeros, tuple(map(to_chunks, (hidden_BTD, targets_BT,
+                                                                   weights_BT))))
+    return sums
+
+
 def check_num_classes(logits_shape, num_classes: int) -> None:
     """At trace time: the model's class count must be the dataset's."""
     if logits_shape[-1] != num_classes:
@@ -99,6 +125,12 @@ def check_num_classes(logits_shape, num_classes: int) -> None:
 def zero_sums() -> dict[str, jax.Array]:
     """The training sums of no examples: where accumulation starts."""
     return {name: jnp.zeros((), jnp.float32) for name in ('loss_sum', 'correct', 'count')}
+
+
+def empty_window() -> dict:
+    """The training loop's open metric window (saved in checkpoints): sums since the last log
+    step, and the first step whose loss was not finite (-1: none)."""
+    return {'sums': zero_sums(), 'nonfinite_step': jnp.full((), -1, jnp.int32)}
 
 
 def add(a: dict, b: dict) -> dict:

@@ -6,12 +6,14 @@ axis names models give them ('embed', 'heads', 'mlp', 'vocab', ...) onto mesh ax
 """
 
 import collections
+import contextlib
 import math
 import os
 
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from bigjax.errors import UserError
@@ -21,8 +23,12 @@ BATCH_AXES = ('data', 'fsdp')
 
 
 def make_mesh(mesh_config, devices=None) -> Mesh:
-    """A mesh over all devices with the configured axis sizes (one of them may be -1: the rest)."""
-    devices = jax.devices() if devices is None else devices
+    """A mesh over all devices with the configured axis sizes (one of them may be -1: the rest).
+
+    On TPUs the mesh follows the physical topology (mesh_utils), so neighbouring mesh
+    positions are neighbours on the chip interconnect; across several slices the 'data' axis
+    spans the slices (data-center network) and the rest stays inside each slice."""
+    devices = jax.devices() if devices is None else list(devices)
     sizes = [mesh_config[axis] for axis in AXES]
     if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
         raise UserError(f'mesh sizes {dict(zip(AXES, sizes))} must be positive, with at most one -1')
@@ -35,7 +41,23 @@ def make_mesh(mesh_config, devices=None) -> Mesh:
     if math.prod(sizes) != len(devices):
         raise UserError(f'mesh {dict(zip(AXES, sizes))} needs {math.prod(sizes)} devices, '
                         f'there are {len(devices)}')
-    return Mesh(np.asarray(devices).reshape(sizes), AXES)
+    return Mesh(_device_array(devices, sizes), AXES)
+
+
+def _device_array(devices: list, sizes: list[int]) -> np.ndarray:
+    if devices[0].platform != 'tpu':
+        return np.asarray(devices).reshape(sizes)
+    slices = len({getattr(d, 'slice_index', 0) or 0 for d in devices})
+    if slices > 1:
+        if sizes[0] % slices:
+            raise UserError(f'{slices} TPU slices need mesh.data to be a multiple of {slices} '
+                            f'(data parallel across slices); it is {sizes[0]}')
+        return mesh_utils.create_hybrid_device_mesh(
+            [sizes[0] // slices, *sizes[1:]], [slices, 1, 1], devices)
+    try:
+        return mesh_utils.create_device_mesh(sizes, devices)
+    except (AssertionError, ValueError, NotImplementedError):  # axes that cut physical ones
+        return mesh_utils.create_device_mesh(sizes, devices, allow_split_physical_axes=True)
 
 
 def sharding_rules(config) -> tuple:
@@ -52,6 +74,20 @@ def sharding_rules(config) -> tuple:
                                 f'{AXES}')
         rules.append((logical, axes))
     return tuple(rules)
+
+
+@contextlib.contextmanager
+def layout(mesh: Mesh | None, rules: tuple):
+    """Traces models with their logical activation constraints applied on `mesh` as `rules`
+    say (flax drops every constraint when no mesh is in context). mesh=None, or a call outside
+    jit / eval_shape (where constraints mean nothing): rules only."""
+    tracing = isinstance(jax.numpy.zeros((), bool), jax.core.Tracer)
+    with nn.logical_axis_rules(rules):
+        if mesh is None or not tracing:
+            yield
+        else:
+            with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+                yield
 
 
 def state_shardings(abstract_state, mesh: Mesh, rules: tuple):

@@ -38,20 +38,26 @@ def matmul_params(params, tied_embeddings: bool) -> int:
 
 def train_flops_per_token(params, cfg, tokens: int, causal: bool) -> float:
     """6 N + attention, for a transformer with config `cfg` on sequences of `tokens`."""
-    attention = (6 if causal else 12) * cfg.depth * tokens * cfg.width
-    return 6.0 * matmul_params(params, cfg.tied_embeddings) + attention
+    return (6.0 * matmul_params(params, cfg.tied_embeddings)
+            + attention_flops_per_token(cfg, tokens, causal))
 
 
-def peak_flops(configured: float) -> float:
-    """FLOP/s of all devices together (see module docstring)."""
+def attention_flops_per_token(cfg, tokens: int, causal: bool) -> float:
+    """Training FLOPs of attention's two products per token: 12 L T D, half of it causal."""
+    return (6 if causal else 12) * cfg.depth * tokens * cfg.width
+
+
+def peak_flops(configured: float, devices=None) -> float:
+    """FLOP/s of `devices` together (default: all; see module docstring)."""
     if configured > 0:
         return configured
-    device = jax.devices()[0]
+    devices = jax.devices() if devices is None else devices
+    device = devices[0]
     if device.platform == 'cpu':
         return measured_matmul_flops()
     for name, flops in PEAK_FLOPS:
         if name in device.device_kind:
-            return flops * jax.device_count()
+            return flops * len(devices)
     raise UserError(f'no peak FLOP/s known for {device.device_kind!r} (needed for MFU): set '
                     'train.peak_flops to the peak of all devices together')
 
@@ -67,3 +73,65 @@ def measured_matmul_flops(size: int = 2048, repeats: int = 5) -> float:
         matmul(a, a).block_until_ready()
         best = min(best, time.perf_counter() - start)
     return 2 * size ** 3 / best
+
+
+ATTENTION_KERNELS = ('pallas_call', 'dot_product_attention_fwd_wrapper',
+                     'dot_product_attention_bwd_wrapper', 'ffi_call')  # opaque to the count
+
+
+def matmul_flops(closed_jaxpr) -> tuple[float, bool]:
+    """(FLOPs of the matrix products and convolutions a traced program executes, whether it
+    calls a fused kernel whose products the count cannot see). Counted: every dot_general and
+    convolution, in loops (scan) times their length, in shard_map bodies times the shards, the
+    larger branch of a cond, the recomputation that remat adds; not what runs inside Pallas,
+    cuDNN attention or FFI kernels. XLA's cost analysis counts a loop's body once, so it
+    undercounts a scanned layer stack."""
+    return _jaxpr_flops(closed_jaxpr.jaxpr)
+
+
+def _jaxpr_flops(jaxpr) -> tuple[float, bool]:
+    total, kernels = 0.0, False
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name in ATTENTION_KERNELS:
+            kernels = True
+            continue
+        if name == 'dot_general':
+            (_, rhs_contract), (_, rhs_batch) = eqn.params['dimension_numbers']
+            lhs, rhs = (v.aval.shape for v in eqn.invars)
+            rhs_free = [d for i, d in enumerate(rhs) if i not in (*rhs_contract, *rhs_batch)]
+            total += 2.0 * np.prod(lhs, dtype=float) * np.prod(rhs_free, dtype=float)
+        elif name == 'conv_general_dilated':
+            rhs, out = eqn.invars[1].aval.shape, eqn.outvars[0].aval.shape
+            out_features = rhs[eqn.params['dimension_numbers'].rhs_spec[0]]
+            total += 2.0 * np.prod(out, dtype=float) * np.prod(rhs, dtype=float) / out_features
+        inner = [_jaxpr_flops(j) for j in _sub_jaxprs(eqn.params)]
+        if not inner:
+            continue
+        kernels |= any(k for _, k in inner)
+        if name == 'cond':
+            total += max(f for f, _ in inner)
+        else:
+            total += sum(f for f, _ in inner) * _repeats(eqn)
+    return total, kernels
+
+
+def _sub_jaxprs(params) -> list:
+    found = []
+    for value in params.values():
+        for item in value if isinstance(value, (tuple, list)) else (value,):
+            if hasattr(item, 'eqns'):
+                found.append(item)
+            elif hasattr(item, 'jaxpr') and hasattr(item.jaxpr, 'eqns'):
+                found.append(item.jaxpr)
+    return found
+
+
+def _repeats(eqn) -> float:
+    """How many times an equation runs its inner program."""
+    name = eqn.primitive.name
+    if name == 'scan':
+        return float(eqn.params['length'])
+    if name == 'shard_map':
+        return float(np.prod(list(eqn.params['mesh'].shape.values())))
+    return 1.0

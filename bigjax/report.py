@@ -16,13 +16,14 @@ import json
 import statistics
 import sys
 
-import flax.linen as nn
 import jax
 import numpy as np
 from etils import epath
 
+from bigjax import config as config_lib
 from bigjax import data as data_lib
-from bigjax import finetune, metrics, parallel, tasks, viz, writers
+from bigjax import finetune, metrics, models, parallel, sample, viz, writers
+from bigjax import plan as plan_lib
 from bigjax import workdir as workdir_lib
 from bigjax.data import augment
 from bigjax.data.tokenizers import EOS_ID, PAD_ID
@@ -40,15 +41,13 @@ ATTENTION_INPUTS = 2
 def from_workdir(config, workdir) -> epath.Path:
     """Writes the report of the run in `workdir` (its latest checkpoint); `config` None means
     the run's own config.json. Returns the page's path."""
-    from bigjax import config as config_lib
-    from bigjax import train
     path = workdir_lib.resolve(workdir)
     if not (path / 'config.json').exists():
         raise UserError(f'{path} holds no bigjax run (no config.json): pass the --workdir a run '
                         'was trained in')
     if config is None:
         config = config_lib.from_json(json.loads((path / 'config.json').read_text()))
-    plan, state, step = train.load_state(config, path)
+    plan, state, step = plan_lib.load_state(config, path)
     return build(plan, state, step)
 
 
@@ -57,7 +56,7 @@ def build(plan, state, step: int) -> epath.Path:
     is_main = jax.process_index() == 0
     figures = _Figures(plan.workdir / FIGURES_DIR, enabled=is_main)
     rows = writers.read_metrics(plan.workdir)
-    forward = _Forward(plan, tasks.make_task(plan.dataset, plan.config.data))
+    forward = _Forward(plan, plan.task())
     sections = {
         'Summary': _summary(plan, rows, step),
         'Metrics': _metrics_table(rows),
@@ -202,12 +201,25 @@ class _Forward:
     def _apply(self, state, batch, *, attention: bool):
         inputs = self.task.inputs(batch, state.rng, False)
         variables = {'params': state.params, **state.model_state}
-        with nn.logical_axis_rules(self.plan.rules):
+        with parallel.layout(self.plan.mesh, self.plan.rules):
             if not attention:
                 return self.plan.model.apply(variables, inputs, train=False), {}
             outputs, extra = self.plan.model.apply(variables, inputs, train=False,
                                                    mutable=['intermediates'])
-        return outputs, jax.tree.map(lambda w: w[:ATTENTION_INPUTS], extra['intermediates'])
+        return outputs, _layer_weights(extra['intermediates'])
+
+
+def _layer_weights(intermediates) -> dict:
+    """{'block<i>': attention weights (B, H, T, S) of the first ATTENTION_INPUTS inputs}, in
+    layer order, from blocks apart (block<i>) or scanned (blocks: the layer axis first)."""
+    layers = {}
+    for path, weights in jax.tree_util.tree_leaves_with_path(intermediates):
+        names = [_key(k) for k in path]
+        if 'blocks' in names:
+            layers.update({f'block{i}': w[:ATTENTION_INPUTS] for i, w in enumerate(weights)})
+        else:
+            layers[next(n for n in names if n.startswith('block'))] = weights[:ATTENTION_INPUTS]
+    return dict(sorted(layers.items(), key=lambda item: int(item[0][len('block'):])))
 
 
 def _first_eval_rows(plan, count: int) -> dict:
@@ -378,14 +390,9 @@ def _model(plan, forward, state, figures: _Figures) -> str:
            'mermaid.live) to draw it.</p>',
            f'<pre class="mermaid">{html.escape(mermaid_tree(params, type(plan.model).__name__))}'
            '</pre>']
-    if isinstance(plan.model, _transformers()):
+    if isinstance(plan.model, models.TRANSFORMERS):
         out.append(_attention(plan, forward, state, figures))
     return ''.join(out)
-
-
-def _transformers():
-    from bigjax import models
-    return models.TRANSFORMERS
 
 
 def _key(entry) -> str:
@@ -419,12 +426,10 @@ def _attention(plan, forward, state, figures: _Figures) -> str:
     arrays = _first_eval_rows(plan, 1)
     batch = next(iter(_eval_batches(plan, arrays)))
     _, weights = forward(state, batch, attention=True)
-    found = [(path, leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(weights)]
-    if not found:
+    if not weights:
         return ''
-    layer_names = [next(_key(k) for k in path if str(_key(k)).startswith('block'))
-                   for path, _ in found]
-    stacked_LBHTS = np.stack([np.asarray(leaf) for _, leaf in found])
+    layer_names = list(weights)
+    stacked_LBHTS = np.stack([np.asarray(w) for w in weights.values()])
     limit = 64  # the first tokens only, so single positions stay visible
     out = ['<h3>Attention maps</h3>']
     for i in range(min(ATTENTION_INPUTS, stacked_LBHTS.shape[1])):
@@ -440,7 +445,6 @@ def _samples(plan, state) -> str:
     dataset = plan.dataset
     if dataset.kind != 'text_lm' or dataset.tokenizer is None:
         return '<p>Not a language model.</p>'
-    from bigjax import sample
     new_tokens = plan.config.report.sample_tokens
     prompt_length = min(32, plan.model.cfg.max_len // 2)
     if new_tokens < 1:

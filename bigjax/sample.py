@@ -11,6 +11,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from bigjax import plan as plan_lib
+from bigjax.data.tokenizers import EOS_ID
 from bigjax.errors import UserError
 from bigjax.models.transformer import TransformerLM
 
@@ -76,9 +78,7 @@ def generate_any_length(model: TransformerLM, params, prompt_BT: jax.Array, rng:
 def from_workdir(config, workdir, prompt: str, *, num_tokens: int, temperature: float,
                  top_k: int, seed: int = 0) -> str:
     """A continuation of `prompt` by the LM trained in `workdir` (its latest checkpoint)."""
-    from bigjax import train  # The LM's data, model and checkpoint come as training has them.
-    from bigjax.data.tokenizers import EOS_ID
-    plan, state, step = train.load_state(config, workdir)
+    plan, state, step = plan_lib.load_state(config, workdir)
     if plan.dataset.kind != 'text_lm' or plan.dataset.tokenizer is None:
         raise UserError(f'--mode=sample needs a language model trained on text; '
                         f'data.name={config.data.name!r} with model.name={config.model.name!r} '

@@ -1,8 +1,8 @@
 """Pure training and evaluation steps: arrays in, arrays out, no I/O and no globals.
 
 The task (bigjax/tasks.py) turns a raw batch into the model's input on device and the model's
-output into metric sums. Models are traced under the logical sharding rules, so their
-activation constraints map onto the mesh.
+output into metric sums. Models are traced under the logical sharding rules and the mesh
+(parallel.layout), so their activation constraints map onto it.
 """
 
 from typing import Any
@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bigjax import metrics
+from bigjax import metrics, parallel
 from bigjax.tasks import Task
 
 
@@ -29,25 +29,25 @@ class TrainState:
 
 
 def init_state(rng: jax.Array, *, model: nn.Module, tx: optax.GradientTransformation,
-               sample_input: jax.Array, rules=()) -> TrainState:
+               sample_input: jax.Array, rules=(), mesh=None) -> TrainState:
     """A fresh state whose parameters (and their optimizer state) keep their logical-axis boxes:
     nn.get_partition_spec reads the boxes; nn.unbox drops them."""
     params_rng, state_rng = jax.random.split(rng)
-    with nn.logical_axis_rules(rules):
+    with parallel.layout(mesh, rules):
         variables = dict(model.init({'params': params_rng}, sample_input, train=False))
     params = variables.pop('params')
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
                       opt_state=tx.init(params), rng=state_rng)
 
 
-def _apply(model, state, params, inputs, *, train: bool, rng=None):
+def _apply(model, state, params, inputs, *, train: bool, rng=None, **kwargs):
     """Model output and updated model_state, whether or not the model has mutable collections."""
     variables = {'params': params, **state.model_state}
     rngs = {'dropout': rng} if train else {}
     if train and state.model_state:
         return model.apply(variables, inputs, train=True, rngs=rngs,
-                           mutable=list(state.model_state))
-    return model.apply(variables, inputs, train=train, rngs=rngs), state.model_state
+                           mutable=list(state.model_state), **kwargs)
+    return model.apply(variables, inputs, train=train, rngs=rngs, **kwargs), state.model_state
 
 
 def split_microbatches(batch: dict, count: int) -> dict:
@@ -57,7 +57,7 @@ def split_microbatches(batch: dict, count: int) -> dict:
 
 
 def train_step(state: TrainState, batch: dict, *, model: nn.Module,
-               tx: optax.GradientTransformation, task: Task, rules=(),
+               tx: optax.GradientTransformation, task: Task, rules=(), mesh=None,
                microbatches: int = 1) -> tuple[TrainState, dict]:
     """One optimizer step; gradients of `microbatches` slices of the batch are accumulated
     first, which equals one step on the whole batch. Returns the new state and metric sums."""
@@ -66,9 +66,10 @@ def train_step(state: TrainState, batch: dict, *, model: nn.Module,
     def summed_loss(params, model_state, micro_batch, micro_rng):
         prepare_rng, dropout_rng = jax.random.split(micro_rng)
         inputs = task.inputs(micro_batch, prepare_rng, True)
-        with nn.logical_axis_rules(rules):
+        with parallel.layout(mesh, rules):
             outputs, model_state = _apply(model, state.replace(model_state=model_state), params,
-                                          inputs, train=True, rng=dropout_rng)
+                                          inputs, train=True, rng=dropout_rng,
+                                          **task.model_kwargs)
         sums = task.sums(outputs, micro_batch)
         return sums['loss_sum'], (sums, model_state)
 
@@ -95,9 +96,10 @@ def train_step(state: TrainState, batch: dict, *, model: nn.Module,
     return new_state, sums
 
 
-def eval_step(state: TrainState, batch: dict, *, model: nn.Module, task: Task, rules=()) -> dict:
+def eval_step(state: TrainState, batch: dict, *, model: nn.Module, task: Task, rules=(),
+              mesh=None) -> dict:
     """Evaluation sums over the rows of `batch` whose `mask` is set."""
     inputs = task.inputs(batch, state.rng, False)
-    with nn.logical_axis_rules(rules):
-        outputs, _ = _apply(model, state, state.params, inputs, train=False)
+    with parallel.layout(mesh, rules):
+        outputs, _ = _apply(model, state, state.params, inputs, train=False, **task.model_kwargs)
     return task.eval_sums(outputs, batch)

@@ -22,6 +22,7 @@ class Task:
     inputs: Callable[[dict, jax.Array, bool], jax.Array]  # (batch, rng, train) -> model input
     sums: Callable[[jax.Array, dict], dict]  # (model output, batch) -> training metric sums
     eval_sums: Callable[[jax.Array, dict], dict]  # (model output, batch) -> evaluation sums
+    model_kwargs: dict = dataclasses.field(default_factory=dict)  # for the model's call
 
 
 def sample_input(dataset: data_lib.Dataset) -> jax.Array:
@@ -36,21 +37,47 @@ def tokens_per_example(dataset: data_lib.Dataset) -> int:
     return dataset.seq_len if dataset.kind == 'text_lm' else 0
 
 
-def make_task(dataset: data_lib.Dataset, data_config) -> Task:
+def make_task(dataset: data_lib.Dataset, data_config, logits_chunk: int = 0) -> Task:
     """The task for `dataset`; for images this reads the training split (normalisation)."""
     if dataset.kind == 'image':
         stats = data_lib.normalization_stats(dataset.train.arrays['image'], dataset.pixel_max,
                                              data_config.normalize)
-        inputs = functools.partial(data_lib.image_inputs, stats=stats,
-                                   augment_config=data_config.augment)
-        return Task('image', inputs, _classification_sums,
-                    functools.partial(_classifier_eval_sums, num_classes=dataset.num_classes))
+        return images(stats, data_config.augment, dataset.num_classes)
     if dataset.kind == 'text_classification':
-        return Task(dataset.kind, _tokens, _classification_sums,
-                    functools.partial(_classifier_eval_sums, num_classes=dataset.num_classes))
+        return text_classification(dataset.num_classes)
     lengths = (None, None) if dataset.tokenizer is None else dataset.tokenizer.token_lengths()
-    return Task(dataset.kind, _lm_inputs, _lm_sums,
-                functools.partial(_lm_eval_sums, token_lengths=lengths))
+    return lm(lengths, logits_chunk)
+
+
+def images(stats, augment_config, num_classes: int) -> Task:
+    """Image classification: normalised (and, in training, augmented) images -> 'label'."""
+    inputs = functools.partial(data_lib.image_inputs, stats=stats, augment_config=augment_config)
+    return Task('image', inputs, _classification_sums,
+                functools.partial(_classifier_eval_sums, num_classes=num_classes))
+
+
+def text_classification(num_classes: int) -> Task:
+    """Token sequences ('tokens', PAD_ID padding) -> 'label'."""
+    return Task('text_classification', _tokens, _classification_sums,
+                functools.partial(_classifier_eval_sums, num_classes=num_classes))
+
+
+def lm(token_lengths=(None, None), logits_chunk: int = 0) -> Task:
+    """Next-token prediction on windows of 'tokens'. token_lengths: the (bytes, characters)
+    each id stands for, for bits per byte/character. logits_chunk > 0: the model returns its
+    final states and output layer (features=True) and the loss makes the logits that many
+    positions at a time (metrics.chunked)."""
+    eval_sums = functools.partial(metrics.lm_eval_sums, token_bytes_V=token_lengths[0],
+                                  token_chars_V=token_lengths[1])
+    if not logits_chunk:
+        on_logits = lambda sums_fn: lambda logits_BTV, batch: sums_fn(logits_BTV,
+                                                                       *_lm_targets(batch))
+        return Task('text_lm', _lm_inputs, on_logits(metrics.classification_sums),
+                    on_logits(eval_sums))
+    on_features = lambda sums_fn: lambda outputs, batch: metrics.chunked(
+        sums_fn, *outputs, *_lm_targets(batch), logits_chunk)
+    return Task('text_lm', _lm_inputs, on_features(metrics.classification_sums),
+                on_features(eval_sums), model_kwargs={'features': True})
 
 
 def _tokens(batch, rng, train):
@@ -75,12 +102,3 @@ def _lm_inputs(batch, rng, train):
 def _lm_targets(batch):
     mask = batch.get('mask')
     return batch['tokens'][:, 1:].astype(jnp.int32), None if mask is None else mask[:, None]
-
-
-def _lm_sums(logits_BTV, batch):
-    return metrics.classification_sums(logits_BTV, *_lm_targets(batch))
-
-
-def _lm_eval_sums(logits_BTV, batch, token_lengths):
-    token_bytes, token_chars = (None if t is None else jnp.asarray(t) for t in token_lengths)
-    return metrics.lm_eval_sums(logits_BTV, *_lm_targets(batch), token_bytes, token_chars)

@@ -5,10 +5,8 @@ uninterrupted run; a finished run returns at once. The only host syncs in the lo
 eval and checkpoint steps.
 """
 
-import dataclasses
 import functools
 import json
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -16,63 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from bigjax import config as config_lib
 from bigjax import data as data_lib
-from bigjax import finetune, metrics, models, optim, parallel, perf, steps, tasks, writers
+from bigjax import finetune, metrics, optim, parallel, steps, tasks, writers
+from bigjax import plan as plan_lib
 from bigjax import workdir as workdir_lib
 from bigjax.checkpoint import Checkpointer
-from bigjax.data import augment
 from bigjax.errors import UserError
 from bigjax.writers import log
-
-
-@dataclasses.dataclass(frozen=True)
-class Schedule:
-    """When things happen, in steps."""
-
-    total_steps: int
-    steps_per_epoch: int
-    log_every: int
-    eval_every: int
-    checkpoint_every: int
-
-
-def make_schedule(train_config, num_train_examples: int) -> Schedule:
-    c = train_config
-    if c.batch_size > num_train_examples:
-        raise UserError(f'train.batch_size={c.batch_size} is larger than the '
-                        f'{num_train_examples} training examples: lower it')
-    steps_per_epoch = num_train_examples // c.batch_size
-    total = c.num_steps if c.num_steps > 0 else round(c.num_epochs * steps_per_epoch)
-    if c.num_steps < 0 or total <= 0:
-        raise UserError(f'train.num_steps={c.num_steps} (0 = use num_epochs) and '
-                        f'train.num_epochs={c.num_epochs} must give at least one step')
-    if c.log_every <= 0 or c.eval_every < 0 or c.checkpoint_every < 0 or c.keep_checkpoints < 1:
-        raise UserError('train.log_every and train.keep_checkpoints must be >= 1, '
-                        'train.eval_every and train.checkpoint_every >= 0 (0 = once per epoch)')
-    return Schedule(total, steps_per_epoch, c.log_every, c.eval_every or steps_per_epoch,
-                    c.checkpoint_every or steps_per_epoch)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Plan:
-    """Everything decided about a run before anything is written or compiled."""
-
-    config: Any
-    workdir: epath.Path
-    mesh: jax.sharding.Mesh
-    rules: tuple  # logical axis -> mesh axes
-    dataset: data_lib.Dataset
-    schedule: Schedule
-    model: Any
-    tx: Any
-    init: Any  # rng -> TrainState with logical-axis boxes (nn.unbox before use)
-    abstract_state: Any  # unboxed shapes and dtypes
-    state_shardings: Any  # same tree as abstract_state
-    flops_per_example: float  # training FLOPs, 0 where there is no formula (the CNN)
-    peak_flops: float  # of all devices; 0 without a FLOPs formula
-    frozen: Any  # parameter name -> not trained
-    load_plan: Any  # finetune.LoadPlan of config.init_from, or None
 
 
 def run(config, workdir, *, stop_at_step: int | None = None) -> dict | None:
@@ -83,7 +31,7 @@ def run(config, workdir, *, stop_at_step: int | None = None) -> dict | None:
     Every check that can fail on user input runs before anything is compiled or written.
     """
     writers.show_log()
-    plan = _plan(config, workdir)
+    plan = plan_lib.plan(config, workdir)
     workdir_lib.check_writable(plan.workdir, jax.process_index())
     with Checkpointer(plan.workdir, keep=config.train.keep_checkpoints) as checkpointer:
         latest = checkpointer.latest_step()
@@ -98,84 +46,11 @@ def run(config, workdir, *, stop_at_step: int | None = None) -> dict | None:
         return _train(plan, checkpointer, latest, stop_at_step)
 
 
-def load_state(config, workdir) -> tuple[_Plan, Any, int]:
-    """(plan, train state, step) of the latest checkpoint in `workdir`, laid out on the mesh:
-    for sampling and evaluating a trained model."""
-    plan = _plan(config, workdir)
-    with Checkpointer(plan.workdir, keep=config.train.keep_checkpoints) as checkpointer:
-        step = checkpointer.latest_step()
-        if step is None:
-            raise UserError(f'{plan.workdir} holds no checkpoint: train there first')
-        checkpointer.check_compatible(step, plan.abstract_state)
-        state, _, _ = checkpointer.restore(step, _on_mesh(plan.abstract_state,
-                                                          plan.state_shardings),
-                                           _on_mesh(jax.eval_shape(_empty_window),
-                                                    parallel.replicated(plan.mesh)))
-    return plan, state, step
-
-
-def _on_mesh(abstract_tree, shardings):
-    """Abstract arrays that say where they live: a tree of shardings, or one for every leaf."""
-    if not isinstance(shardings, jax.sharding.Sharding):
-        return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            abstract_tree, shardings)
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=shardings),
-                        abstract_tree)
-
-
-def _plan(config, workdir) -> _Plan:
-    """Checks the config, data, model and optimizer, and traces the model (nothing compiled)."""
-    config_lib.check(config)
-    models.prepare(config.model)
-    mesh = parallel.make_mesh(config.mesh)
-    rules = parallel.sharding_rules(config)
-    microbatches = config.train.microbatches
-    if microbatches < 1:
-        raise UserError(f'train.microbatches={microbatches} must be >= 1')
-    parallel.check_batch_size('train.batch_size', config.train.batch_size, mesh, microbatches)
-    parallel.check_batch_size('train.eval_batch_size', _eval_batch_size(config), mesh)
-    data_lib.check_normalization(config.data.normalize)
-    augment.check(config.data.augment)
-    workdir = workdir_lib.resolve(workdir)
-    dataset = data_lib.open_dataset(config.data)
-    schedule = make_schedule(config.train, len(dataset.train))
-    if augment.is_enabled(config.data.augment) and dataset.kind != 'image':
-        raise UserError(f'data.augment transforms images and {config.data.name!r} is '
-                        f'{dataset.kind} data: leave data.augment at its defaults')
-    model = models.build_model(
-        config.model, dataset.kind, num_classes=dataset.num_classes,
-        vocab_size=dataset.vocab_size)
-    lora = finetune.uses_lora(config)
-    frozen = finetune.frozen_predicate(config) if config.frozen or lora else None
-    tx = optim.build_optimizer(config.optim, schedule.total_steps, frozen)
-    init = functools.partial(steps.init_state, model=model, tx=tx,
-                             sample_input=tasks.sample_input(dataset), rules=rules)
-    boxed_state = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
-    abstract_state = nn.unbox(boxed_state)
-    finetune.check_patterns(config, abstract_state.params)
-    load_plan = finetune.plan_load(config.init_from, abstract_state) if config.init_from.path \
-        else None
-    if load_plan:
-        finetune.check_tokenizer(load_plan, config.data)
-        load_plan = finetune.with_label_words(load_plan, config.init_from, dataset)
-    flops_per_example, peak = 0.0, 0.0
-    if isinstance(model, models.TRANSFORMERS):  # MFU has a formula.
-        length = model.sequence_length(tasks.sample_input(dataset).shape)
-        flops_per_example = length * perf.train_flops_per_token(
-            abstract_state.params, model.cfg, length, causal=model.causal)
-        peak = perf.peak_flops(config.train.peak_flops)
-    state_shardings = parallel.state_shardings(boxed_state, mesh, rules)
-    parallel.check_divisible(abstract_state.params, state_shardings.params)
-    return _Plan(config, workdir, mesh, rules, dataset, schedule, model, tx, init,
-                 abstract_state, state_shardings, flops_per_example, peak,
-                 frozen or (lambda name: False), load_plan)
-
-
-def _train(plan: _Plan, checkpointer: Checkpointer, latest: int | None,
+def _train(plan: plan_lib.Plan, checkpointer: Checkpointer, latest: int | None,
            stop_at_step: int | None) -> dict | None:
     """Init or restore, then steps with logging, eval and checkpoints; returns the final eval."""
     config, mesh, schedule = plan.config, plan.mesh, plan.schedule
-    task = tasks.make_task(plan.dataset, config.data)
+    task = plan.task()
     on_device = parallel.replicate_small(plan.dataset.train.arrays, plan.mesh,
                                          config.data.on_device_max_mb)
     if on_device is not None:
@@ -185,7 +60,7 @@ def _train(plan: _Plan, checkpointer: Checkpointer, latest: int | None,
                                              config.seed, jax.process_index(),
                                              jax.process_count(),
                                              indices_only=on_device is not None)
-    replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    replicated = parallel.replicated(mesh)
     config_json = json.loads(config.to_json_best_effort())
     trainable, total = finetune.parameter_counts(plan.abstract_state.params, plan.frozen)
     log.info('Parameters: %s trainable of %s', f'{trainable:,}', f'{total:,}')
@@ -196,15 +71,10 @@ def _train(plan: _Plan, checkpointer: Checkpointer, latest: int | None,
                                                             loaded)
         if plan.load_plan:
             log.info('%s', plan.load_plan.describe())
-        window = jax.device_put(_empty_window(), replicated)
+        window = jax.device_put(metrics.empty_window(), replicated)
     else:
         state, window = _restore(plan, checkpointer, latest, train_iter, config_json)
-    train_fn = jax.jit(
-        functools.partial(_train_and_accumulate, model=plan.model, tx=plan.tx, task=task,
-                          rules=plan.rules, microbatches=config.train.microbatches),
-        donate_argnums=(0, 1),
-        in_shardings=(plan.state_shardings, replicated, batch_sharding, replicated),
-        out_shardings=(plan.state_shardings, replicated, replicated))
+    train_fn = train_program(plan, task)
     learning_rate = jax.jit(optim.learning_rate_schedule(config.optim, schedule.total_steps))
     evaluate = Evaluator(plan, task)
 
@@ -247,7 +117,7 @@ def _train(plan: _Plan, checkpointer: Checkpointer, latest: int | None,
                         plan.flops_per_example, plan.peak_flops))
                     writer.write(step, 'train', values)
                     progress.report(step, 'train', values)
-                    window = jax.device_put(_empty_window(), replicated)
+                    window = jax.device_put(metrics.empty_window(), replicated)
                 if step % schedule.eval_every == 0 or last:
                     sums = evaluate(state)
                     final_eval = metrics.summarize(sums, plan.dataset.kind)
@@ -298,14 +168,12 @@ class _Profiler:
             self.active = False
 
 
-def _restore(plan: _Plan, checkpointer, step: int, train_iter, config_json):
+def _restore(plan: plan_lib.Plan, checkpointer, step: int, train_iter, config_json):
     """(state, metric window) from the checkpoint at `step`, laid out on the mesh."""
     changed = _changed_keys(checkpointer.saved_config(step), config_json)
     if changed:
         log.warning('Resuming with a changed config: %s', '; '.join(changed))
-    state, window, data_state = checkpointer.restore(
-        step, _on_mesh(plan.abstract_state, plan.state_shardings),
-        _on_mesh(jax.eval_shape(_empty_window), parallel.replicated(plan.mesh)))
+    state, window, data_state = checkpointer.restore(step, *plan_lib.abstract_checkpoint(plan))
     train_iter.restore(data_state)
     log.info('Resumed from the checkpoint at step %d in %s', step, checkpointer.directory)
     return state, window
@@ -322,13 +190,30 @@ def _changed_keys(before: dict, after: dict, prefix: str = '') -> list[str]:
     return changed
 
 
-def _eval_batch_size(config) -> int:
-    return config.train.eval_batch_size or config.train.batch_size
+def train_program(plan: plan_lib.Plan, task: tasks.Task):
+    """The loop's step jitted with its shardings and donation (what --mode=compile compiles):
+    (state, window, batch, on_device) -> (state, window, step number to wait on)."""
+    replicated = parallel.replicated(plan.mesh)
+    return jax.jit(
+        functools.partial(_train_and_accumulate, model=plan.model, tx=plan.tx, task=task,
+                          rules=plan.rules, mesh=plan.mesh,
+                          microbatches=plan.config.train.microbatches),
+        donate_argnums=(0, 1),
+        in_shardings=(plan.state_shardings, replicated, parallel.batch_sharding(plan.mesh),
+                      replicated),
+        out_shardings=(plan.state_shardings, replicated, replicated))
 
 
-def _empty_window() -> dict:
-    """Metric sums since the last log step, and the first step whose loss was not finite."""
-    return {'sums': metrics.zero_sums(), 'nonfinite_step': jnp.full((), -1, jnp.int32)}
+def eval_program(plan: plan_lib.Plan, task: tasks.Task):
+    """One evaluation batch's sums added to the running sums, jitted: (sums, state, batch) ->
+    sums; and the step alone (its output's shapes are the sums')."""
+    step = functools.partial(steps.eval_step, model=plan.model, task=task, rules=plan.rules,
+                             mesh=plan.mesh)
+    replicated = parallel.replicated(plan.mesh)
+    return jax.jit(lambda sums, state, batch: metrics.add(sums, step(state, batch)),
+                   in_shardings=(replicated, plan.state_shardings,
+                                 parallel.batch_sharding(plan.mesh)),
+                   out_shardings=replicated), step
 
 
 def _train_and_accumulate(state, window, batch, on_device, **step_kwargs):
@@ -347,16 +232,10 @@ def _train_and_accumulate(state, window, batch, on_device, **step_kwargs):
 class Evaluator:
     """Evaluation sums of a state over the whole eval split (every example once), on the host."""
 
-    def __init__(self, plan: _Plan, task: tasks.Task):
+    def __init__(self, plan: plan_lib.Plan, task: tasks.Task):
         self.mesh, self.arrays = plan.mesh, plan.dataset.eval.arrays
-        self.batch_size = _eval_batch_size(plan.config)
-        self.step = functools.partial(steps.eval_step, model=plan.model, task=task,
-                                      rules=plan.rules)
-        replicated = parallel.replicated(plan.mesh)
-        self.accumulate = jax.jit(
-            lambda sums, state, batch: metrics.add(sums, self.step(state, batch)),
-            in_shardings=(replicated, plan.state_shardings, parallel.batch_sharding(plan.mesh)),
-            out_shardings=replicated)
+        self.batch_size = plan_lib.eval_batch_size(plan.config)
+        self.accumulate, self.step = eval_program(plan, task)
         self.zeros = None
 
     def __call__(self, state) -> dict:

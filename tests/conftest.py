@@ -1,10 +1,13 @@
-"""Test setup: 8 host devices (so every test runs sharded) and a private tfds data_dir."""
+"""Test setup: 8 host devices (so every test runs sharded), CPU only even where libtpu is
+installed (it compiles TPU programs here: tests/test_compile.py), and a private tfds data_dir."""
 
 import os
 import pathlib
 import shutil
 import tempfile
 
+os.environ['JAX_PLATFORMS'] = 'cpu'
+os.environ['TPU_SKIP_MDS_QUERY'] = '1'  # libtpu: no wait on a TPU VM's metadata server
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8').strip()
 PRIVATE_TFDS_DIR = None

@@ -12,7 +12,8 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
-from bigjax import finetune, optim, train
+from bigjax import export, finetune, optim, train
+from bigjax import plan as plan_lib
 from bigjax.config import default_config
 from bigjax.errors import UserError
 from bigjax.models.transformer import TransformerConfig, TransformerLM
@@ -47,7 +48,7 @@ def finetune_config(pretrained, **overrides):
 def test_partial_load_then_frozen_parameters_stay_bitwise_while_the_rest_train(
         pretrained_cnn, tmp_path, capsys):
     config = finetune_config(pretrained_cnn, frozen=('conv.*', 'bn.*'))
-    plan = train._plan(config, tmp_path)
+    plan = plan_lib.plan(config, tmp_path)
     assert plan.load_plan.skipped == ['head/bias', 'head/kernel']
     assert sorted(plan.load_plan.loaded) == sorted(
         [n for n in saved_params(pretrained_cnn, 20) if not n.startswith('head/')] +
@@ -106,9 +107,9 @@ def test_position_embeddings_resize_only_when_asked(tmp_path):
     longer.init_from.path = str(tmp_path / 'source')
     with pytest.raises(UserError, match=r'encoder/position_embedding is \(32, 32\) in .* and '
                                         r'\(64, 32\) in this model'):
-        train._plan(longer, tmp_path / 'target')
+        plan_lib.plan(longer, tmp_path / 'target')
     longer.init_from.resize = ('encoder/position_embedding',)
-    plan = train._plan(longer, tmp_path / 'target')
+    plan = plan_lib.plan(longer, tmp_path / 'target')
     assert plan.load_plan.resized == [('encoder/position_embedding', (32, 32), (64, 32))]
     arrays = finetune.load(plan.load_plan)
     assert arrays['encoder/position_embedding'].shape == (64, 32)
@@ -146,7 +147,7 @@ def test_lora_fine_tuning_trains_only_the_adapters(tmp_path):
     train.run(config, tmp_path / 'source')
     config.model.transformer.lora_rank = 2
     config.init_from.path = str(tmp_path / 'source')
-    plan = train._plan(config, tmp_path / 'lora')
+    plan = plan_lib.plan(config, tmp_path / 'lora')
     trainable, total = finetune.parameter_counts(plan.abstract_state.params, plan.frozen)
     adapters = sum(np.prod(v.shape) for n, v in finetune.flat(plan.abstract_state.params).items()
                    if '_lora_' in n)
@@ -161,8 +162,8 @@ def test_lora_fine_tuning_trains_only_the_adapters(tmp_path):
 
     # Export: adapters merged into the kernels, a plain model computes what the LoRA model did,
     # and the folder is a checkpoint init_from loads in full. An export never overwrites.
-    print(finetune.export(config, tmp_path / 'lora', tmp_path / 'export'))
-    plan, state, _ = train.load_state(config, tmp_path / 'lora')
+    print(export.export(config, tmp_path / 'lora', tmp_path / 'export'))
+    plan, state, _ = plan_lib.load_state(config, tmp_path / 'lora')
     exported = params_in(tmp_path / 'export')
     assert sorted(exported) == sorted(source)
     plain = dataclasses.replace(plan.model, cfg=dataclasses.replace(plan.model.cfg, lora_rank=0))
@@ -172,9 +173,9 @@ def test_lora_fine_tuning_trains_only_the_adapters(tmp_path):
         plan.model.apply({'params': state.params}, tokens, train=False), atol=2e-5)
     merged_config = load_config('transformer_cpu', 'smoke')
     merged_config.init_from.path = str(tmp_path / 'export')
-    assert sorted(train._plan(merged_config, tmp_path / 'next').load_plan.loaded) == sorted(source)
+    assert sorted(plan_lib.plan(merged_config, tmp_path / 'next').load_plan.loaded) == sorted(source)
     with pytest.raises(UserError, match='is not empty'):
-        finetune.export(config, tmp_path / 'lora', tmp_path / 'export')
+        export.export(config, tmp_path / 'lora', tmp_path / 'export')
 
 
 @pytest.mark.parametrize('overrides, message', [
@@ -224,7 +225,7 @@ def test_text_demos_fine_tune_the_pretrained_lm_into_a_classifier(task, fresh, t
     lm = saved_params(tmp_path / 'pretrain', 8)
     config = load_config(f'{task}_transfer', 'finetune,smoke')
     config.init_from.path = str(tmp_path / 'pretrain')
-    classifier = train._plan(config, tmp_path / 'unused')
+    classifier = plan_lib.plan(config, tmp_path / 'unused')
     plan = classifier.load_plan
     assert sorted(plan.loaded) == sorted(lm)
     assert sorted(plan.fresh) == fresh
@@ -241,11 +242,11 @@ def test_text_demos_fine_tune_the_pretrained_lm_into_a_classifier(task, fresh, t
             rtol=1e-5, atol=1e-5)
         config.init_from.skip = ('head/.*',)
         with pytest.raises(UserError, match='init_from.skip starts it fresh'):
-            train._plan(config, tmp_path / 'unused')
+            plan_lib.plan(config, tmp_path / 'unused')
         config.init_from.skip = ()
         config.init_from.label_words = ('OSError', 'Oops') + config.init_from.label_words[2:]
         with pytest.raises(UserError, match='first token no other class shares'):
-            train._plan(config, tmp_path / 'unused')
+            plan_lib.plan(config, tmp_path / 'unused')
     assert set(results[0]) == {'finetune', 'scratch'}
     assert results[0]['finetune']['loss'] != results[0]['scratch']['loss']
     assert 0 <= results[0]['finetune']['accuracy'] <= 1

@@ -13,7 +13,9 @@ from test_parallel import lm_setup, mesh_config
 
 # Losses of the small test LM on counting sequences, steps 1-6, one device, float32.
 LM_LOSSES = [4.164598, 4.142452, 4.128292, 4.123623, 4.0899, 4.075343]
-# configs/cnn_digits.py:smoke on 8 host devices: final train loss, eval loss and accuracy.
+# configs/cnn_digits.py:smoke on 8 host devices: final train loss, eval loss and accuracy. The
+# eval loss depends on the CPU XLA:CPU compiles for: 2.317648 where it was pinned, 2.316329 on
+# an AMD EPYC (train loss and accuracy the same to 1e-6 on both), so it is held to 2e-3.
 DIGITS_SMOKE = (2.264871, 2.317648, 0.083333)
 
 
@@ -36,5 +38,5 @@ def test_lm_losses_are_pinned():
 def test_digits_smoke_run_is_pinned(tmp_path):
     result = train.run(load_config('cnn_digits', 'smoke'), tmp_path)
     train_loss = [r['loss'] for r in writers.read_metrics(tmp_path) if r['split'] == 'train'][-1]
-    np.testing.assert_allclose((train_loss, result['loss'], result['accuracy']), DIGITS_SMOKE,
-                               rtol=1e-5)
+    np.testing.assert_allclose((train_loss, result['accuracy']), DIGITS_SMOKE[::2], rtol=1e-5)
+    np.testing.assert_allclose(result["loss"], DIGITS_SMOKE[1], atol=2e-3)

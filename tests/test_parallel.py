@@ -56,21 +56,21 @@ def test_global_batch_is_sharded_over_the_batch_axes():
     assert {s.data.shape for s in batch['image'].addressable_shards} == {(2, 4, 4, 1)}
 
 
-def lm_setup(mesh, microbatches=1, **cfg_overrides):
+def lm_setup(mesh, microbatches=1, logits_chunk=0, **cfg_overrides):
     """A small LM's state born on `mesh` and its jitted train step."""
     cfg = TransformerConfig(**{**dict(width=32, depth=2, num_heads=4, num_kv_heads=2,
                                       mlp_dim=64, max_len=16), **cfg_overrides})
     model = TransformerLM(cfg, vocab_size=64)
     tx = optim.build_optimizer(default_config().optim, 10)
     rules = parallel.sharding_rules(default_config())
-    task = tasks.Task('text_lm', tasks._lm_inputs, tasks._lm_sums, tasks._lm_sums)
+    task = tasks.lm(logits_chunk=logits_chunk)
     init = functools.partial(steps.init_state, model=model, tx=tx,
-                             sample_input=jnp.zeros((1, 16), jnp.int32), rules=rules)
+                             sample_input=jnp.zeros((1, 16), jnp.int32), rules=rules, mesh=mesh)
     shardings = parallel.state_shardings(jax.eval_shape(init, jax.random.PRNGKey(0)), mesh, rules)
     state = jax.jit(lambda rng: nn.unbox(init(rng)), out_shardings=shardings)(
         jax.random.PRNGKey(0))
     step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, task=task,
-                                     rules=rules, microbatches=microbatches),
+                                     rules=rules, mesh=mesh, microbatches=microbatches),
                    out_shardings=(shardings, parallel.replicated(mesh)))
     return state, step
 
@@ -123,6 +123,25 @@ def test_gradient_accumulation_equals_one_big_batch():
     np.testing.assert_allclose(accumulated, whole, rtol=1e-5)
     jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-6),
                  accumulated_state.params, whole_state.params)
+
+
+def test_logits_made_in_chunks_give_the_same_losses_and_updates():
+    mesh = parallel.make_mesh(mesh_config(data=2, fsdp=2, tensor=2))
+    whole, whole_state = losses(mesh)
+    chunked, chunked_state = losses(mesh, logits_chunk=4)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-5)
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-6),
+                 chunked_state.params, whole_state.params)
+
+
+def test_activations_are_split_over_the_mesh_as_the_rules_say():
+    """Under the mesh each device computes the logits of its own rows only (batch 16 over 8
+    devices: 2 rows of 16 positions and 64 ids), never the whole batch's."""
+    mesh = parallel.make_mesh(mesh_config(data=8))
+    state, step = lm_setup(mesh)
+    batch = parallel.global_batch(lm_batches(1)[0], mesh)
+    program = step.lower(state, batch).compile().as_text()
+    assert 'f32[2,16,64]' in program and 'f32[16,16,64]' not in program
 
 
 def test_microbatches_that_do_not_split_over_the_mesh_are_a_clear_error():

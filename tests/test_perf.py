@@ -1,6 +1,7 @@
 import types
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -22,17 +23,26 @@ def test_flops_formula_counts_matmul_weights_and_attention():
     assert perf.train_flops_per_token(params, cfg, 16, causal=True) == 6 * matmul + 6 * 2 * 16 * 32
 
 
-def test_peak_flops(monkeypatch):
+def test_peak_flops():
     assert perf.peak_flops(123.0) == 123.0
     assert perf.peak_flops(0.0) > 1e9  # CPU: a matmul measured now
     fake = types.SimpleNamespace(platform='gpu', device_kind='NVIDIA H100 80GB HBM3')
-    monkeypatch.setattr(jax, 'devices', lambda: [fake])
-    monkeypatch.setattr(jax, 'device_count', lambda: 8)
-    assert perf.peak_flops(0.0) == 8 * 989e12
+    assert perf.peak_flops(0.0, [fake] * 8) == 8 * 989e12
     fake.device_kind = 'Mystery Accelerator 9000'
     with pytest.raises(UserError, match="no peak FLOP/s known for 'Mystery Accelerator 9000'.*"
                                         'train.peak_flops'):
-        perf.peak_flops(0.0)
+        perf.peak_flops(0.0, [fake])
+
+
+def test_matmul_flops_count_every_product_a_step_executes():
+    x, w = jnp.ones((32, 64)), jnp.ones((5, 64, 64))
+    dense = jax.make_jaxpr(jax.grad(lambda x, w: jnp.tanh(x @ w[0]).sum(), argnums=(0, 1)))(x, w)
+    assert perf.matmul_flops(dense) == (3 * 2 * 32 * 64 * 64, False)  # forward, two backward
+
+    def layers(x, w):  # 5 layers scanned, each recomputed in the backward pass
+        return jax.lax.scan(jax.checkpoint(lambda h, w: (jnp.tanh(h @ w), None)), x, w)[0].sum()
+    assert perf.matmul_flops(jax.make_jaxpr(jax.grad(layers, argnums=(0, 1)))(x, w)) == (
+        5 * 4 * 2 * 32 * 64 * 64, False)
 
 
 def test_profiler_traces_the_requested_steps(tmp_path):

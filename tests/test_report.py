@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from bigjax import report, train
+from bigjax import plan as plan_lib
 from bigjax.errors import UserError
 from conftest import REPO, load_config
 
@@ -77,7 +78,7 @@ def test_report_has_every_section_and_picture(runs, name):
         assert f'alt="{figure}"' in page, figure
     assert 'finished: step' in page
     config = json.loads((workdir / 'config.json').read_text())
-    params = train.load_state(load_config(name, 'smoke'), workdir)[1].params
+    params = plan_lib.load_state(load_config(name, 'smoke'), workdir)[1].params
     tree = mermaid_nodes(page_mermaid(page))
     root = next(iter(tree))
     modules = [name for name, value in params.items() if hasattr(value, 'items')]

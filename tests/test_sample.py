@@ -4,7 +4,7 @@ import sys
 import jax.numpy as jnp
 import pytest
 
-from bigjax import finetune, sample, train
+from bigjax import export, sample, train
 from bigjax.errors import UserError
 from conftest import REPO, load_config
 
@@ -42,7 +42,7 @@ def test_export_mode_of_launch(trained_lm, tmp_path):
     assert out.returncode == 0, out.stderr
     assert f'to {tmp_path}/lm: ' in out.stdout and (tmp_path / 'lm' / 'state').is_dir()
     with pytest.raises(UserError, match='needs --export_dir'):
-        finetune.export(load_config('transformer_cpu', 'smoke'), trained_lm, '')
+        export.export(load_config('transformer_cpu', 'smoke'), trained_lm, '')
 
 
 def test_sampling_errors_are_clear(trained_lm, tmp_path):

@@ -1,10 +1,13 @@
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import NamedSharding, PartitionSpec
 
-from bigjax import sample
+from bigjax import parallel, sample
 from bigjax.config import check, default_config
 from bigjax.errors import UserError
 from bigjax.models import attention, transformer as T
@@ -162,11 +165,88 @@ def test_sampling_respects_top_k_and_the_rng():
     assert set(draws) <= {2, 3} and len(set(draws)) == 2
 
 
+def stacked(params, depth: int):
+    """Params of blocks apart (block<i>) in the scan_layers layout: encoder/blocks, with the
+    layer axis first."""
+    encoder = dict(params['encoder'])
+    blocks = [encoder.pop(f'block{i}') for i in range(depth)]
+    return {**params, 'encoder': {**encoder, 'blocks': jax.tree.map(
+        lambda *layers: jnp.stack(layers), *blocks)}}
+
+
+@pytest.mark.parametrize('remat', ['none', 'block', 'dots'])
+def test_scanned_layers_compute_what_blocks_apart_compute(remat):
+    x = tokens((2, 16))
+    model, params = lm(config(num_kv_heads=2))
+    scanned = T.TransformerLM(config(num_kv_heads=2, scan_layers=True, remat=remat), 50)
+    fresh = nn.unbox(scanned.init(jax.random.PRNGKey(0), x, train=False))['params']
+    params_scanned = stacked(params, 2)
+    assert jax.tree.map(jnp.shape, params_scanned) == jax.tree.map(jnp.shape, fresh)
+    np.testing.assert_allclose(scanned.apply({'params': params_scanned}, x, train=False),
+                               model.apply({'params': params}, x, train=False), atol=1e-5)
+    loss = lambda m: lambda p: m.apply({'params': p}, x, train=False).std()
+    np.testing.assert_allclose(
+        jax.grad(loss(scanned))(params_scanned)['encoder']['blocks']['mlp']['up']['kernel'],
+        stacked(jax.grad(loss(model))(params), 2)['encoder']['blocks']['mlp']['up']['kernel'],
+        rtol=1e-4, atol=1e-6)
+    prompt = tokens((1, 5))
+    greedy = [sample.generate(m, p, prompt, jax.random.PRNGKey(0), num_tokens=6, temperature=0)
+              for m, p in ((model, params), (scanned, params_scanned))]
+    np.testing.assert_array_equal(*greedy)
+
+
+@pytest.mark.parametrize('remat, policy', [('none', None), ('block', 'policy=None'),
+                                           ('dots', 'DotsSaveable(only_if_no_batch_dims=True)')])
+def test_remat_policies_recompute_as_named_and_keep_the_gradients(remat, policy):
+    x = tokens((2, 16))
+    base, params = lm(config(mlp='swiglu'))
+    model = T.TransformerLM(config(mlp='swiglu', remat=remat), 50)
+    grad = lambda m: jax.grad(lambda p: m.apply({'params': p}, x, train=False).std())
+    program = str(jax.make_jaxpr(grad(model))(params))
+    assert (policy in program) if policy else 'policy=' not in program
+    np.testing.assert_allclose(grad(model)(params)['encoder']['block1']['mlp']['gate']['kernel'],
+                               grad(base)(params)['encoder']['block1']['mlp']['gate']['kernel'],
+                               rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize('tied', [True, False])
+def test_features_and_output_layer_give_the_logits(tied):
+    x = tokens((2, 16))
+    model, params = lm(config(tied_embeddings=tied))
+    hidden_BTD, unembed_DV = model.apply({'params': params}, x, train=False, features=True)
+    np.testing.assert_allclose(hidden_BTD @ unembed_DV,
+                               model.apply({'params': params}, x, train=False), atol=1e-5)
+
+
+def test_splash_attention_equals_the_reference_on_a_mesh():
+    """The TPU kernel in Pallas' interpreter, sharded over data x fsdp x tensor (8 devices)."""
+    q, k, v = qkv(batch=4, length=256, heads=4, groups=2, width=32)
+    valid = jnp.arange(256)[None, :] < jnp.array([[256], [200], [130], [5]])
+    mesh_config = default_config()
+    mesh_config.mesh.data, mesh_config.mesh.fsdp, mesh_config.mesh.tensor = 2, 2, 2
+    mesh = parallel.make_mesh(mesh_config.mesh)
+    rules = parallel.sharding_rules(mesh_config)
+    on_mesh = jax.device_put((q, k, v), NamedSharding(mesh, PartitionSpec(('data', 'fsdp'))))
+    for causal, key_valid in ((True, None), (False, valid)):
+        def loss(q, k, v, attend):
+            return (attend(q, k, v, causal=causal, key_valid_BS=key_valid) ** 2).sum()
+
+        splash = functools.partial(attention.splash_attention, interpret=True)
+        with parallel.layout(mesh, rules):
+            out, grads = jax.jit(jax.value_and_grad(functools.partial(loss, attend=splash),
+                                                    argnums=(0, 1, 2)))(*on_mesh)
+        reference = jax.value_and_grad(functools.partial(loss, attend=attention.einops_attention),
+                                       argnums=(0, 1, 2))(q, k, v)
+        np.testing.assert_allclose(out, reference[0], rtol=1e-5)
+        for got, want in zip(grads, reference[1]):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_remat_and_bf16_compute_change_nothing_but_precision():
     x = tokens((2, 16))
     base_model, params = lm(config())
     loss = lambda model: lambda p: model.apply({'params': p}, x, train=False).mean()
-    remat_model = T.TransformerLM(config(remat=True), 50)
+    remat_model = T.TransformerLM(config(remat="block"), 50)
     np.testing.assert_allclose(jax.jit(jax.grad(loss(remat_model)))(params)['encoder']['block0']['mlp'][
         'up']['kernel'], jax.jit(jax.grad(loss(base_model)))(params)['encoder']['block0']['mlp']['up'][
         'kernel'], rtol=1e-5, atol=1e-7)

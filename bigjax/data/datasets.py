@@ -98,7 +98,7 @@ def select(dataset: Dataset, classes: tuple, train_per_class: int) -> Dataset:
 
 def _open(data_config) -> Dataset:
     if data_config.name == 'synthetic':
-        return _synthetic(data_config)
+        return synthetic(data_config)
     if data_config.name == 'text_files':
         return text_files.open_text_files(data_config)
     if data_config.name == 'image_folder':
@@ -114,7 +114,7 @@ def _open(data_config) -> Dataset:
                     f'{list(features)}')
 
 
-def _synthetic(data_config) -> Dataset:
+def synthetic(data_config) -> Dataset:
     """Random examples with the configured shapes, for benchmarks (nothing to learn): images and
     labels, or (synthetic.kind='text_lm') token windows of data.text.seq_len + 1."""
     syn = data_config.synthetic
@@ -187,7 +187,7 @@ def _text(builder, data_config) -> Dataset:
     if t.keep not in ('first', 'last'):
         raise UserError(f"data.text.keep={t.keep!r} is not 'first' or 'last' (which tokens of a "
                         'longer document a classification example keeps)')
-    class_names = _class_names(features, t.label_feature) if task == 'classification' else ()
+    names = class_names(features, t.label_feature) if task == 'classification' else ()
     train = sources.open_split(builder, data_config.train_split, data_config)
     eval_ = sources.open_split(builder, data_config.eval_split, data_config)
     cleaning = {'unicode_form': t.unicode_form, 'whitespace': t.whitespace,
@@ -216,12 +216,12 @@ def _text(builder, data_config) -> Dataset:
         return Split(len(arrays['tokens']), lambda: arrays)
 
     return Dataset(data_config.name, f'text_{task}', split(train), split(eval_),
-                   num_classes=len(class_names), class_names=class_names, seq_len=t.seq_len,
+                   num_classes=len(names), class_names=names, seq_len=t.seq_len,
                    vocab_size=tokenizer.vocab_size,
                    tokenizer=tokenizer)
 
 
-def _class_names(features, label_feature: str) -> tuple[str, ...]:
+def class_names(features, label_feature: str) -> tuple[str, ...]:
     if label_feature not in features:
         raise UserError(f'data.text.task is classification but the dataset has no feature '
                         f'{label_feature!r} (data.text.label_feature)')

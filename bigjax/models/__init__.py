@@ -38,8 +38,10 @@ def build_model(model_config, data_kind: str, *, num_classes: int = 0,
     return ViT(cfg, num_classes)
 
 
-def prepare(model_config) -> None:
-    """What the configured model needs from this machine before tracing (the fused CPU
-    attention kernel, built on first use), done first so its errors come before any data."""
-    if model_config.name != 'cnn' and model_config.transformer.attention == 'fused':
+def prepare(model_config, platform: str) -> None:
+    """What the configured model needs from this machine before tracing for `platform` (on
+    CPU the fused attention kernel, built on first use), done first so its errors come before
+    any data."""
+    if (model_config.name != 'cnn' and model_config.transformer.attention == 'fused'
+            and platform == 'cpu'):
         attention.prepare_fused()

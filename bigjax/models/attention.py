@@ -1,16 +1,22 @@
 """Attention as pure functions: softmax attention written with einops (the reference, with
 causal query blocks that skip masked keys), jax.nn.dot_product_attention with the same masking
-(cuDNN flash attention on GPU), a fused kernel on CPU, the weights for pictures, and rotary
-positions.
+(cuDNN flash attention on GPU), fused kernels (C++ on CPU, Pallas splash attention on TPU), the
+weights for pictures, and rotary positions.
 
 Shape suffixes: B batch, T query length, S key length, H query heads, G key/value heads,
 R = H // G query heads per key/value head, K head width, N = B * G.
 """
 
+import math
+
 import einops
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
 
+from bigjax import platform
 from bigjax.kernels import causal_attention
 
 
@@ -91,7 +97,8 @@ def library_attention(q_BTHK, k_BSGK, v_BSGK, *, causal: bool, query_offset=0,
     masking as einops_attention."""
     plain_causal = isinstance(query_offset, int) and query_offset == 0 and key_valid_BS is None
     if causal and plain_causal:
-        return jax.nn.dot_product_attention(q_BTHK, k_BSGK, v_BSGK, is_causal=True)
+        return jax.nn.dot_product_attention(q_BTHK, k_BSGK, v_BSGK, is_causal=True,
+                                            implementation=_library_implementation(q_BTHK))
     allowed_BTS = jnp.ones((1, 1, 1), bool)
     if causal:
         query_pos_T = query_offset + jnp.arange(q_BTHK.shape[1])
@@ -102,29 +109,98 @@ def library_attention(q_BTHK, k_BSGK, v_BSGK, *, causal: bool, query_offset=0,
     return jax.nn.dot_product_attention(q_BTHK, k_BSGK, v_BSGK, mask=mask[:, None])
 
 
+def _library_implementation(q_BTHK) -> str | None:
+    """None lets JAX choose (cuDNN on a GPU it runs on); compiling for a GPU from a machine
+    without one (bigjax/aot.py) names cuDNN, which JAX would not pick from the CPU backend."""
+    deviceless_gpu = platform.target() == 'gpu' and jax.default_backend() != 'gpu'
+    return 'cudnn' if deviceless_gpu and q_BTHK.dtype in (jnp.bfloat16, jnp.float16) else None
+
+
 FUSED = "model.transformer.attention='fused'"
 
 
 def prepare_fused() -> None:
-    """Builds the CPU kernel of fused_attention now (on CPU), so that a machine without a C++
-    compiler fails with one clear line before any data is read."""
-    if jax.default_backend() == 'cpu':
-        causal_attention.register(FUSED)
+    """Builds the CPU kernel of fused_attention now, so that a machine without a C++ compiler
+    fails with one clear line before any data is read."""
+    causal_attention.register(FUSED)
 
 
 def fused_attention(q_BTHK, k_BSGK, v_BSGK, *, causal: bool, query_offset=0,
                     key_valid_BS=None, qkv_BTGCK=None) -> jax.Array:
     """The fastest fused attention each platform has: on CPU bigjax's C++ kernel for causal
-    self-attention in float32 (the einops reference for every other case: encoders, key masks,
-    decoding with a cache), on GPU/TPU library_attention. qkv_BTGCK: the fused projection's
-    output when q, k and v are its slices (see kernels.causal_attention)."""
-    if jax.default_backend() != 'cpu':
+    self-attention in float32, on TPU Pallas splash attention for self-attention over lengths
+    in multiples of 128 (the einops reference, or on TPU library_attention, for every other
+    case: key masks on CPU, decoding with a cache), on GPU library_attention (cuDNN).
+    qkv_BTGCK: the fused projection's output when q, k and v are its slices (see
+    kernels.causal_attention)."""
+    backend = platform.target()
+    self_attention = (isinstance(query_offset, int) and query_offset == 0
+                      and q_BTHK.shape[1] == k_BSGK.shape[1])
+    if backend == 'tpu' and self_attention and splash_supports(q_BTHK):
+        return splash_attention(q_BTHK, k_BSGK, v_BSGK, causal=causal,
+                                key_valid_BS=key_valid_BS)
+    if backend != 'cpu':
         return library_attention(q_BTHK, k_BSGK, v_BSGK, causal=causal,
                                  query_offset=query_offset, key_valid_BS=key_valid_BS)
-    plain_causal = (causal and key_valid_BS is None and isinstance(query_offset, int)
-                    and query_offset == 0 and q_BTHK.shape[1] == k_BSGK.shape[1])
-    if plain_causal and causal_attention.supports(q_BTHK, k_BSGK):
+    if (causal and self_attention and key_valid_BS is None
+            and causal_attention.supports(q_BTHK, k_BSGK)):
         return causal_attention.causal_attention(
             q_BTHK, k_BSGK, v_BSGK, purpose=FUSED, qkv_BTGCK=qkv_BTGCK)
     return einops_attention(q_BTHK, k_BSGK, v_BSGK, causal=causal, query_offset=query_offset,
                             key_valid_BS=key_valid_BS)
+
+
+SPLASH_BLOCKS = (512, 256, 128)  # the largest that divides the length is the kernel's tile
+
+
+def splash_supports(q_BTHK) -> bool:
+    """Splash attention tiles the length in blocks of at least 128 (TPU vector lanes)."""
+    return q_BTHK.shape[1] % SPLASH_BLOCKS[-1] == 0
+
+
+def splash_attention(q_BTHK, k_BSGK, v_BSGK, *, causal: bool, key_valid_BS=None,
+                     interpret: bool = False) -> jax.Array:
+    """Self-attention through Pallas' TPU splash attention kernel (flash attention that skips
+    the blocks a causal mask hides; grouped-query heads native; key padding as segment ids).
+    Under a mesh (parallel.layout) each device runs the kernel on its shard: the batch split as
+    'batch' says, the heads as 'heads' says. `interpret`: Pallas' interpreter (CPU tests)."""
+    batch, length, heads, width = q_BTHK.shape
+    mesh = jax.sharding.get_abstract_mesh()
+    batch_axes, head_axes = (None, None) if mesh.empty else nn.logical_to_mesh_axes(
+        ('batch', 'heads'))
+    batch_shards, head_shards = (math.prod(mesh.shape[name] for name in _names(axes))
+                                 for axes in (batch_axes, head_axes))
+    if batch % batch_shards or k_BSGK.shape[2] % head_shards:  # e.g. tracing init on one row
+        mesh, head_shards = jax.sharding.AbstractMesh((), ()), 1
+    block = next(b for b in SPLASH_BLOCKS if length % b == 0)
+    mask = splash_mask.CausalMask((length, length)) if causal else splash_mask.FullMask(
+        (length, length))
+    kernel = splash.make_splash_mha(
+        splash_mask.MultiHeadMask([mask] * (heads // head_shards)), head_shards=1,
+        q_seq_shards=1, interpret=interpret,
+        block_sizes=splash.BlockSizes(
+            block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
+            block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block))
+
+    def attend(q_BHTK, k_BGSK, v_BGSK, valid_BS):
+        def one(q_HTK, k_GSK, v_GSK, valid_S):
+            segments = None if key_valid_BS is None else splash.SegmentIds(
+                q=jnp.ones_like(valid_S), kv=valid_S)
+            return kernel(q_HTK, k_GSK, v_GSK, segment_ids=segments)
+        return jax.vmap(one)(q_BHTK, k_BGSK, v_BGSK, valid_BS)
+
+    if not mesh.empty:
+        heads_spec = jax.sharding.PartitionSpec(batch_axes, head_axes, None, None)
+        attend = jax.shard_map(attend, mesh=mesh, out_specs=heads_spec, check_vma=False,
+                               in_specs=(heads_spec, heads_spec, heads_spec,
+                                         jax.sharding.PartitionSpec(batch_axes, None)))
+    valid_BS = (jnp.ones((batch, length), jnp.int32) if key_valid_BS is None
+                else key_valid_BS.astype(jnp.int32))
+    q_BHTK = jnp.swapaxes(q_BTHK, 1, 2) * jnp.asarray(width ** -0.5, q_BTHK.dtype)
+    out_BHTK = attend(q_BHTK, jnp.swapaxes(k_BSGK, 1, 2), jnp.swapaxes(v_BSGK, 1, 2), valid_BS)
+    return jnp.swapaxes(out_BHTK, 1, 2)
+
+
+def _names(axes) -> tuple:
+    """Mesh axis names of one logical axis's mapping (None, a name, or a tuple of names)."""
+    return () if axes is None else axes if isinstance(axes, tuple) else (axes,)

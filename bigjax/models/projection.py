@@ -1,11 +1,41 @@
-"""How the transformer's projections compute their products (nn.Dense / nn.DenseGeneral's
-dot_general): the same numbers as lax.dot_general, in the form XLA:CPU runs fastest
-(benchmarks/README.md measures each choice)."""
+"""The transformer's multi-axis projections, and how every projection computes its product
+(the modules' dot_general): the same numbers as lax.dot_general, in the form XLA:CPU runs
+fastest (benchmarks/README.md measures each choice)."""
 
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from bigjax import platform
+
+
+class Projection(nn.Module):
+    """x's trailing axes (in_shape) -> out_shape through one kernel of shape in_shape +
+    out_shape, created whole with its logical axes (nn.DenseGeneral creates it flat and
+    reshapes it, which a sharding constraint on the boxed kernel cannot follow). Initialised
+    like nn.Dense / nn.DenseGeneral: LeCun normal over the inputs, no bias."""
+
+    in_shape: tuple
+    out_shape: tuple
+    axes: tuple  # logical axis names of the kernel, one per dimension
+    dtype: jnp.dtype
+    param_dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x=None):
+        """The projection of x; with no x, the kernel itself in the compute dtype."""
+        ins, outs = len(self.in_shape), len(self.out_shape)
+        init = nn.initializers.lecun_normal(in_axis=tuple(range(ins)),
+                                            out_axis=tuple(range(ins, ins + outs)))
+        kernel = self.param('kernel', nn.with_logical_partitioning(init, self.axes),
+                            (*self.in_shape, *self.out_shape), self.param_dtype)
+        if x is None:
+            return kernel.astype(self.dtype)
+        x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+        contract = (tuple(range(x.ndim - ins, x.ndim)), tuple(range(ins)))
+        return projection(x, kernel, (contract, ((), ())))
 
 
 def projection(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
@@ -21,7 +51,7 @@ def projection(lhs, rhs, dimension_numbers, precision=None, preferred_element_ty
                                    preferred_element_type=preferred_element_type)
     inner = math.prod(lhs.shape[lhs.ndim - count:])
     x_NI, w_IO = lhs.reshape(-1, inner), rhs.reshape(inner, -1)
-    if (w_IO.shape[1] < inner and jax.default_backend() == 'cpu' and precision is None
+    if (w_IO.shape[1] < inner and platform.target() == 'cpu' and precision is None
             and preferred_element_type is None):
         y_NO = _narrowing_matmul(x_NI, w_IO)
     else:

@@ -25,7 +25,7 @@ from bigjax.models.attention import (
     library_attention,
     rotate,
 )
-from bigjax.models.projection import projection
+from bigjax.models.projection import Projection, projection
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 NORMS = ('layernorm', 'rmsnorm')
@@ -33,6 +33,11 @@ MLPS = ('gelu', 'swiglu')
 POSITIONS = ('learned', 'rope')
 ATTENTIONS = ('einops', 'dot_product', 'fused')
 POOLS = ('cls', 'mean', 'last')
+REMAT_POLICIES = {  # model.transformer.remat -> what a block keeps for the backward pass
+    'block': None,  # only its input: everything else is recomputed
+    'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # the projections' outputs
+}
+REMATS = ('none', *REMAT_POLICIES)
 LORA_TARGETS = ('qkv', 'out', 'up', 'gate', 'down')
 
 
@@ -56,7 +61,8 @@ class TransformerConfig:
     attention: str = 'einops'
     dtype: str = 'float32'  # compute
     param_dtype: str = 'float32'  # storage
-    remat: bool = False  # recompute each block's activations in the backward pass
+    remat: str = 'none'  # REMAT_POLICIES: what a block recomputes in the backward pass
+    scan_layers: bool = False  # the blocks as one nn.scan (Encoder)
     patch_size: int = 4  # ViT
     pool: str = 'cls'  # classifier and ViT: the class token, the mean of the tokens, or (text
     # classifier) 'last': causal attention and the last token's state, as in a decoder LM
@@ -75,8 +81,8 @@ class TransformerConfig:
     def check(self) -> None:
         """Raises UserError for inconsistent or unknown options."""
         for field, known in (('mlp', MLPS), ('norm', NORMS), ('positions', POSITIONS),
-                             ('attention', ATTENTIONS), ('pool', POOLS), ('dtype', DTYPES),
-                             ('param_dtype', DTYPES)):
+                             ('attention', ATTENTIONS), ('pool', POOLS), ('remat', REMATS),
+                             ('dtype', DTYPES), ('param_dtype', DTYPES)):
             if getattr(self, field) not in known:
                 raise UserError(f'model.transformer.{field}={getattr(self, field)!r} is not one '
                                 f'of {list(known)}')
@@ -149,11 +155,9 @@ class Attention(nn.Module):
         groups, repeats = cfg.kv_heads, cfg.num_heads // cfg.kv_heads
         # One product for queries, keys and values: per key/value head g, its R query heads,
         # its key and its value. Sharding 'heads' splits whole groups, so it stays local.
-        qkv_NGCK = nn.DenseGeneral(
-            (groups, repeats + 2, cfg.head_dim), dtype=DTYPES[cfg.dtype],
-            param_dtype=DTYPES[cfg.param_dtype], use_bias=False, name='qkv',
-            kernel_init=_init(nn.initializers.lecun_normal(), 'embed', 'heads', None, 'kv'),
-            dot_general=projection)(x_ND)
+        qkv_NGCK = Projection((width,), (groups, repeats + 2, cfg.head_dim),
+                              ('embed', 'heads', None, 'kv'), DTYPES[cfg.dtype],
+                              DTYPES[cfg.param_dtype], name='qkv')(x_ND)
         adapter = _lora(self, cfg, 'qkv', x_ND, (width,), (groups, repeats + 2, cfg.head_dim),
                         ('embed',), ('heads', None, 'kv'))
         if adapter is not None:
@@ -180,11 +184,8 @@ class Attention(nn.Module):
                                      query_offset=query_offset, key_valid_BS=key_valid_BS),
                               'batch', 'length', 'heads', 'kv')
         out_NHK = out_BTHK.reshape(batch * length, cfg.num_heads, cfg.head_dim)
-        out_ND = nn.DenseGeneral(width, axis=(-2, -1), dtype=DTYPES[cfg.dtype],
-                                 param_dtype=DTYPES[cfg.param_dtype], use_bias=False, name='out',
-                                 dot_general=projection,
-                                 kernel_init=_init(nn.initializers.lecun_normal(),
-                                                   'heads', 'kv', 'embed'))(out_NHK)
+        out_ND = Projection((cfg.num_heads, cfg.head_dim), (width,), ('heads', 'kv', 'embed'),
+                            DTYPES[cfg.dtype], DTYPES[cfg.param_dtype], name='out')(out_NHK)
         adapter = _lora(self, cfg, 'out', out_NHK, (cfg.num_heads, cfg.head_dim), (width,),
                         ('heads', 'kv'), ('embed',))
         if adapter is not None:
@@ -238,23 +239,32 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    """x + attention(norm(x)), then x + mlp(norm(x)), with dropout on each branch."""
+    """x + attention(norm(x)), then x + mlp(norm(x)), with dropout on each branch. Under
+    nn.scan (`scanned`) it returns (x, None), as a scanned layer must."""
 
     cfg: TransformerConfig
     causal: bool
+    train: bool
+    decode: bool = False
+    scanned: bool = False
 
     @nn.compact
-    def __call__(self, x_BTD, key_valid_BS, positions_BT, train: bool, decode: bool = False):
-        drop = nn.Dropout(self.cfg.dropout, deterministic=not train)
+    def __call__(self, x_BTD, key_valid_BS, positions_BT):
+        drop = nn.Dropout(self.cfg.dropout, deterministic=not self.train)
         y_BTD = Attention(self.cfg, self.causal, name='attention')(
-            _norm(self.cfg, 'attention_norm')(x_BTD), key_valid_BS, positions_BT, decode=decode)
+            _norm(self.cfg, 'attention_norm')(x_BTD), key_valid_BS, positions_BT,
+            decode=self.decode)
         x_BTD = x_BTD + drop(y_BTD)
         x_BTD = x_BTD + drop(Mlp(self.cfg, name='mlp')(_norm(self.cfg, 'mlp_norm')(x_BTD)))
-        return _constrain(x_BTD, 'batch', 'length', None)
+        x_BTD = _constrain(x_BTD, 'batch', 'length', None)
+        return (x_BTD, None) if self.scanned else x_BTD
 
 
 class Encoder(nn.Module):
-    """Positions (learned, added here; or rotary, inside attention), blocks, final norm."""
+    """Positions (learned, added here; or rotary, inside attention), blocks, final norm.
+
+    With scan_layers the blocks are one nn.scan over stacked parameters ('blocks', leading
+    axis 'layers' of size depth): XLA compiles one block instead of depth copies."""
 
     cfg: TransformerConfig
     causal: bool
@@ -268,10 +278,21 @@ class Encoder(nn.Module):
                                   (cfg.max_len, cfg.width), DTYPES[cfg.param_dtype])
             x_BTD = x_BTD + jnp.take(table_LD, positions_BT, axis=0).astype(x_BTD.dtype)
         x_BTD = nn.Dropout(cfg.dropout, deterministic=not train)(x_BTD)
-        block = nn.remat(Block, static_argnums=(4, 5)) if cfg.remat else Block
-        for i in range(cfg.depth):
-            x_BTD = block(cfg, self.causal, name=f'block{i}')(x_BTD, key_valid_BS, positions_BT,
-                                                              train, decode)
+        block = Block
+        if cfg.remat != 'none':
+            block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat],
+                             prevent_cse=not cfg.scan_layers)
+        if cfg.scan_layers:
+            layers = nn.scan(block, variable_axes={'params': 0, 'cache': 0, 'intermediates': 0},
+                             split_rngs={'params': True, 'dropout': True},
+                             in_axes=(nn.broadcast, nn.broadcast), length=cfg.depth,
+                             metadata_params={nn.PARTITION_NAME: 'layers'})
+            x_BTD, _ = layers(cfg, self.causal, train, decode, scanned=True, name='blocks')(
+                x_BTD, key_valid_BS, positions_BT)
+        else:
+            for i in range(cfg.depth):
+                x_BTD = block(cfg, self.causal, train, decode, name=f'block{i}')(
+                    x_BTD, key_valid_BS, positions_BT)
         return _norm(cfg, 'final_norm')(x_BTD)
 
 
@@ -290,7 +311,10 @@ class TransformerLM(nn.Module):
         return input_shape[1]
 
     @nn.compact
-    def __call__(self, tokens_BT, *, train: bool, decode: bool = False, positions_BT=None):
+    def __call__(self, tokens_BT, *, train: bool, decode: bool = False, positions_BT=None,
+                 features: bool = False):
+        """Logits; or, with `features`, the final states (B, T, D) and the output layer (D, V)
+        in the compute dtype, for a loss that never holds every logit (metrics.chunked)."""
         cfg = self.cfg
         if positions_BT is None:
             positions_BT = jnp.broadcast_to(jnp.arange(tokens_BT.shape[1]), tokens_BT.shape)
@@ -301,12 +325,15 @@ class TransformerLM(nn.Module):
         x_BTD = Encoder(cfg, causal=True, name='encoder')(x_BTD, None, positions_BT, train, decode)
         x_ND = x_BTD.reshape(-1, cfg.width)
         if cfg.tied_embeddings:
+            if features:
+                return x_BTD, embed.embedding.T.astype(DTYPES[cfg.dtype])
             logits_NV = embed.attend(x_ND)
         else:
-            logits_NV = nn.Dense(self.vocab_size, use_bias=False, dtype=DTYPES[cfg.dtype],
-                                 param_dtype=DTYPES[cfg.param_dtype], name='head',
-                                 kernel_init=_init(nn.initializers.lecun_normal(),
-                                                   'embed', 'vocab'))(x_ND)
+            head = Projection((cfg.width,), (self.vocab_size,), ('embed', 'vocab'),
+                              DTYPES[cfg.dtype], DTYPES[cfg.param_dtype], name='head')
+            if features:
+                return x_BTD, head()
+            logits_NV = head(x_ND)
         logits_BTV = logits_NV.reshape(*tokens_BT.shape, self.vocab_size)
         return _constrain(logits_BTV.astype(jnp.float32), 'batch', 'length', 'vocab')
 

@@ -1,0 +1,86 @@
+"""Ahead-of-time compilation for TPU slices on this CPU machine (bigjax/aot.py): XLA's TPU
+compiler from libtpu decides whether the shipped accelerator configs fit their hardware."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from jax.experimental import mesh_utils
+
+from bigjax import aot, hardware, parallel
+from bigjax.config import default_config
+from bigjax.errors import UserError
+from conftest import REPO, load_config
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec('libtpu') is None,
+                                reason='compiling for TPUs needs libtpu (requirements-tpu.txt)')
+
+# Every shipped TPU config and size, on the hardware its docstring names.
+REAL_SIZES = [('100m', 'v5e-1'), ('100m', 'v5e-8'), ('300m', 'v5e-8'), ('300m', 'v4-8'),
+              ('1b', 'v5e-8'), ('1b', 'v4-8')]
+
+
+@pytest.mark.parametrize('topology', ['v5e-8', 'v4-8'])
+def test_the_smoke_lm_compiles_for_tpu_slices_and_fits(topology):
+    result = aot.compile_config(load_config('transformer_tpu', 'smoke'), topology)
+    assert (result['chips'], result['chip']) == {'v5e-8': (8, 'TPU v5e'),
+                                                 'v4-8': (4, 'TPU v4')}[topology]
+    assert 0 < result['gib_per_chip']['total'] < result['memory_gib_per_chip']
+    assert result['headroom'] > 0.9
+    flops = result['flops_per_chip_per_step']
+    # Remat recomputes each block's forward pass: more executed than model FLOPs.
+    assert flops['model'] < flops['matmuls_executed'] < 2 * flops['model']
+
+
+def test_launch_compile_prints_the_figures_and_writes_compile_json(tmp_path):
+    out = subprocess.run(
+        [sys.executable, 'launch.py', '--config=configs/transformer_tpu.py:smoke',
+         f'--workdir={tmp_path}', '--mode=compile', '--topology=v5e-4'],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert 'v5e-4: 4 x TPU v5e' in out.stdout and 'headroom' in out.stdout
+    result = json.loads((tmp_path / 'compile.json').read_text())
+    assert result['mesh'] == {'data': 1, 'fsdp': 2, 'tensor': 2}
+    assert not (tmp_path / 'checkpoints').exists()
+
+
+def test_a_config_that_does_not_fit_is_one_line_naming_the_levers():
+    config = load_config('transformer_tpu', 'smoke')
+    config.train.batch_size = config.train.eval_batch_size = 2 ** 20
+    config.train.logits_chunk = 0
+    with pytest.raises(UserError, match=r'does not fit: it needs [\d.]+ GiB per chip, a TPU v5e '
+                       r'has 15.75 GiB \(activations .*logits_chunk'):
+        aot.compile_config(config, 'v5e-8')
+
+
+@pytest.mark.parametrize('name', ['v5e-3', 'v7-8', 'v4-4', 'tpu', 'h100-12'])
+def test_unknown_topologies_are_clear_errors(name):
+    with pytest.raises(UserError, match='--topology'):
+        hardware.devices(name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('size,topology', REAL_SIZES)
+def test_every_tpu_config_fits_its_hardware_with_ten_percent_headroom(size, topology):
+    result = aot.compile_config(load_config('transformer_tpu', size), topology)
+    assert result['headroom'] >= 0.10, result['gib_per_chip']
+
+
+def test_tpu_meshes_follow_the_physical_topology_and_span_slices_with_data():
+    devices, _ = hardware.devices('v5e-8')
+    config = default_config()
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, 4, 2
+    mesh = parallel.make_mesh(config.mesh, devices)
+    physical = mesh_utils.create_device_mesh((1, 4, 2), devices)
+    assert (mesh.devices == physical).all() and not (
+        mesh.devices == np.asarray(devices).reshape(1, 4, 2)).all()
+    two_slices, _ = hardware.devices('v5e-8', num_slices=2)
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, -1, 1
+    mesh = parallel.make_mesh(config.mesh, two_slices)
+    assert [{d.slice_index for d in row.flat} for row in mesh.devices] == [{0}, {1}]
+    config.mesh.data = 1
+    with pytest.raises(UserError, match='2 TPU slices need mesh.data to be a multiple of 2'):
+        parallel.make_mesh(config.mesh, two_slices)
