@@ -21,7 +21,7 @@ from etils import epath
 from bigjax.errors import UserError
 
 Arrays = dict[str, np.ndarray]
-COPY_BYTES = 64 << 20  # ArrayWriter.close copies its rows in pieces of this size
+COPY_BYTES = 16 << 20  # ArrayWriter.close copies its rows in pieces of this size
 
 
 def cached(directory: epath.Path, key: dict,
