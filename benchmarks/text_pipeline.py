@@ -13,6 +13,7 @@ into a temporary folder) on --old_sizes, beside the current code on the same cor
 whether both wrote the same tokens.
 
 python benchmarks/text_pipeline.py [--sizes=1m,3m] [--old=3b08800 --old_sizes=100k]
+python benchmarks/text_pipeline.py --reads --sizes=1m   # read rates alone
 """
 
 import argparse
@@ -75,7 +76,7 @@ def worker(size: str, data_dir: str) -> dict:
     start, main_thread, cpu = time.perf_counter(), time.thread_time(), process_cpu_seconds()
     dataset = data.open_dataset(config)
     seconds, main_thread = time.perf_counter() - start, time.thread_time() - main_thread
-    cpu = process_cpu_seconds() - cpu
+    cpu, peak = process_cpu_seconds() - cpu, peak_rss_mb()  # before the hash maps the tokens in
     tokens = dataset.train.arrays['tokens']
     splits = tfds.builder(config.name, data_dir=data_dir).info.splits
     cache = os.path.join(data_dir, 'bigjax_cache', 'pseudo_lm1b', size)
@@ -88,11 +89,55 @@ def worker(size: str, data_dir: str) -> dict:
             'tokens_main_thread_cpu_seconds': main_thread - timed['tokenizer_main_thread'],
             'load_average': (load + os.getloadavg()[0]) / 2,
             'peak_rss_after_tokenizer_mb': timed['peak_rss_after_tokenizer_mb'],
-            'peak_rss_mb': peak_rss_mb(), 'rss_after_imports_mb': baseline,
+            'peak_rss_mb': peak, 'rss_after_imports_mb': baseline,
             'tokens_per_sentence': tokens.shape[0] * (tokens.shape[1] - 1)
             / splits['train'].num_examples, 'tokens_sha256': digest.hexdigest()[:16],
             'cache_bytes': sum(os.path.getsize(os.path.join(root, f))
                                for root, _, files in os.walk(cache) for f in files)}
+
+
+def read_rates(size: str, data_dir: str) -> dict[str, float]:
+    """Records per second reading pseudo_lm1b/<size>'s train split: example by example (what
+    bigjax did before), tfds' batched __getitems__, bigjax's read_scalars, and array_record's
+    raw read_all (bytes only)."""
+    sys.path.insert(0, REPO)
+    import tensorflow_datasets as tfds
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    import benchmarks.pseudo_lm1b  # noqa: F401
+    from bigjax.config import default_config
+    from bigjax.data import sources
+    builder = tfds.builder(f'pseudo_lm1b/{size}', data_dir=data_dir)
+    config = default_config().data
+    config.data_dir = data_dir
+    split = sources.open_split(builder, 'train', config)
+    n = len(split.source)
+
+    def rate(read, count):
+        start = time.perf_counter()
+        read(count)
+        return count / (time.perf_counter() - start)
+
+    def one_by_one(count):
+        for i, _ in zip(range(count), split.source):
+            pass
+
+    def tfds_batches(count):
+        for start in range(0, count, 1024):
+            split.source.__getitems__(list(range(start, min(start + 1024, count))))
+
+    def bigjax_ranges(count):
+        for start in range(0, count, 1024):
+            sources.read_scalars(split, builder, ('text',), start, min(start + 1024, count))
+
+    def raw(count):
+        for file in split.files:
+            ArrayRecordReader(os.fspath(file.filename)).read_all()
+
+    return {'example by example (bigjax before)': rate(one_by_one, min(n, 20_000)),
+            'tfds source.__getitems__, 1,024 at a time': rate(tfds_batches, min(n, 200_000)),
+            'bigjax sources.read_scalars (text), 1,024 at a time': rate(bigjax_ranges, n),
+            'array_record ArrayRecordReader.read_all (raw bytes)': rate(raw, n)}
 
 
 def prepare(size: str, data_dir: str) -> None:
@@ -133,6 +178,8 @@ def main() -> None:
     parser.add_argument('--sizes', default='1m,3m')
     parser.add_argument('--old', default='', help='a commit to run side by side')
     parser.add_argument('--old_sizes', default='100k')
+    parser.add_argument('--reads', action='store_true', help='read rates only, on the first '
+                        'of --sizes')
     parser.add_argument('--data_dir', default=os.path.join(tempfile.gettempdir(),
                                                            'bigjax_text_pipeline'))
     parser.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
@@ -144,6 +191,12 @@ def main() -> None:
     sizes, old_sizes = args.sizes.split(','), args.old_sizes.split(',') if args.old else []
     for size in dict.fromkeys(old_sizes + sizes):
         prepare(size, args.data_dir)
+    if args.reads:
+        rates = read_rates(sizes[0], args.data_dir)
+        reference = next(iter(rates.values()))
+        for name, rate in rates.items():
+            print(f'{name:52s} {rate:10,.0f} records/s {rate / reference:6.1f}x')
+        return
     print(f'{"code":9s} {"size":>5s} {"sentences":>10s} {"seconds":>8s} {"tokenizer":>9s} '
           f'{"M sent/min":>9s} {"w/o tok.":>9s} {"CPU s":>8s} {"main CPU":>8s} {"peak tok":>8s} '
           f'{"peak MB":>8s} {"imports":>8s} {"cache MB":>8s} {"load":>5s} tokens sha256')

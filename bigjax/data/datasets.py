@@ -298,9 +298,9 @@ def _tokenizer(builder, train_split, text_config, cleaning: dict) -> tokenizers.
 
     def read_block(block: int) -> list[str]:
         start = block * SAMPLE_RECORDS
-        [(docs, _)] = _documents(builder, train_split, text_config.feature, None, start,
-                                 min(start + SAMPLE_RECORDS, num_records))
-        return docs
+        return [doc for docs, _ in _documents(builder, train_split, text_config.feature, None,
+                                              start, min(start + SAMPLE_RECORDS, num_records))
+                for doc in docs]
 
     def build(_folder):
         docs = tokenizers.sample(read_block, -(-num_records // SAMPLE_RECORDS),
