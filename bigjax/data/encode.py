@@ -15,7 +15,8 @@ from etils import epath
 from bigjax.data import cache, text
 from bigjax.data.tokenizers import Tokenizer
 
-# Characters encoded at a time: ~4 M, about 150 MB of tokenizer output (BPE's Encodings).
+# Characters encoded at a time (~4 M): enough for encode_batch to keep every core busy, few
+# enough that the chunks' Encodings (far larger than their ids) stay within a few hundred MB.
 CHUNK_CHARS = 1 << 22
 
 Blocks = Iterable[tuple[list[str], np.ndarray | None]]  # (documents, their labels or None)
@@ -47,9 +48,9 @@ def write_classification(blocks: Blocks, tokenizer: Tokenizer, folder: epath.Pat
     return tokens.close()
 
 
-def chunks(blocks: Blocks, max_chars: int) -> Iterator[tuple[list[str], np.ndarray | None]]:
-    """The documents (and labels) of `blocks` regrouped into chunks of about max_chars characters
-    (a longer document is a chunk of its own), in order."""
+def _chunks(blocks: Blocks, max_chars: int) -> Iterator[tuple[list[str], np.ndarray | None]]:
+    """The documents (and labels) of `blocks` regrouped, in order, into chunks that end at the
+    document that brings them to max_chars characters."""
     docs, labels, chars = [], [], 0
     for block_docs, block_labels in blocks:
         for i, doc in enumerate(block_docs):
@@ -72,7 +73,7 @@ def _encoded(blocks: Blocks, tokenizer: Tokenizer):
     read while this one is encoded on a worker thread."""
     with futures.ThreadPoolExecutor(1) as worker:
         pending = None
-        for chunk in chunks(blocks, CHUNK_CHARS):
+        for chunk in _chunks(blocks, CHUNK_CHARS):
             encoding = worker.submit(tokenizer.encode_batch, chunk[0])
             if pending:
                 yield pending[0], pending[1].result()
