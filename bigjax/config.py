@@ -46,6 +46,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.text.tokenizer = 'byte'  # 'byte' (258 ids) | 'char' | 'bpe' (learnt from the train split)
     c.data.text.vocab_size = 4096  # 'bpe' only
     c.data.text.tokenizer_data = ''  # char/bpe: learnt from this dataset's train_split ('' = ours)
+    c.data.text.tokenizer_sample = 10 ** 8  # char/bpe: learnt from about this many characters,
+    # evenly spread blocks of documents (a smaller split whole); 0 = the whole split
     c.data.text.seq_len = 256  # tokens per sequence: packed (lm) or truncated and padded
     c.data.text.keep = 'first'  # classification: a longer document's 'first' or 'last' tokens
     c.data.text.unicode_form = 'NFC'  # unicode normalisation; '' = none

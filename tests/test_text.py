@@ -1,12 +1,18 @@
+import json
+import pathlib
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 from bigjax import data
 from bigjax.config import default_config
-from bigjax.data import python_exceptions, python_stdlib, text, tokenizers
+from bigjax.data import datasets, encode, python_exceptions, python_stdlib, text, tokenizers
 from bigjax.data.tokenizers import EOS_ID, PAD_ID
 from bigjax.errors import UserError
+from conftest import REPO
 
 SAMPLE = 'def f(x):\n\treturn x  # naïve ✓ 🙂\n'
 
@@ -26,23 +32,201 @@ def test_cleaning_modes():
     assert text.clean_text(raw, unicode_form='', whitespace='collapse') == 'Cafe\u0301 line'
 
 
-def test_clean_documents_counts_what_it_drops_and_keeps_labels_aligned():
+def test_cleaner_counts_what_it_drops_and_keeps_labels_aligned_across_chunks():
     docs = ['a', '  \n', 'b ', 'a', 'c', 'b']
-    kept, labels, report = text.clean_documents(docs, np.arange(6))
-    assert kept == ['a', 'b', 'c'] and list(labels) == [0, 2, 4]
-    assert (report.kept, report.dropped_empty, report.dropped_duplicate) == (3, 1, 2)
-    kept, _, report = text.clean_documents(docs, drop_duplicates=False)
-    assert len(kept) == 5 and report.dropped_duplicate == 0
+    cleaner = text.Cleaner()
+    first, first_labels = cleaner(docs[:3], np.arange(3))
+    second, second_labels = cleaner(docs[3:], np.arange(3, 6))
+    assert first + second == ['a', 'b', 'c'] and [*first_labels, *second_labels] == [0, 2, 4]
+    assert (cleaner.report.kept, cleaner.report.dropped_empty,
+            cleaner.report.dropped_duplicate) == (3, 1, 2)
+    kept, _ = text.Cleaner(drop_duplicates=False)(docs)
+    assert len(kept) == 5
     with pytest.raises(UserError, match='data.text.whitespace'):
-        text.clean_documents(docs, whitespace='squash')
+        text.Cleaner(whitespace='squash')
 
 
-def test_pack_joins_documents_and_cuts_overlapping_windows():
+def test_digest_set_finds_repeats_within_and_across_chunks():
+    digests = np.random.default_rng(0).integers(0, 500, 4000).astype(np.uint64)
+    seen, expected = set(), []
+    for d in digests.tolist():
+        expected.append(d not in seen)
+        seen.add(d)
+    digest_set = text.DigestSet()
+    got = np.concatenate([digest_set.add(chunk) for chunk in np.array_split(digests, 37)])
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_packer_joins_documents_and_cuts_overlapping_windows_across_chunks():
     docs = [np.array([5, 6, 7]), np.array([8, 9])]  # stream: 5 6 7 EOS 8 9 EOS
-    windows = text.pack(docs, seq_len=3, dtype=np.int32)
+    packer = text.Packer(seq_len=3, dtype=np.int32)
+    windows = np.concatenate([packer(docs[:1]), packer([]), packer(docs[1:])])
     np.testing.assert_array_equal(windows, [[5, 6, 7, EOS_ID], [EOS_ID, 8, 9, EOS_ID]])
-    with pytest.raises(UserError, match='too few for one sequence of data.text.seq_len=9'):
-        text.pack(docs, seq_len=9, dtype=np.int32)
+    assert len(text.Packer(seq_len=9, dtype=np.int32)(docs)) == 0
+
+
+def generated_corpus(num_docs: int = 3000) -> list[str]:
+    """Short documents with repeats (some equal only after cleaning), blank ones, and text that
+    unicode normalisation and whitespace cleaning change."""
+    rng = np.random.default_rng(0)
+    words = ['alpha', 'beta', 'Cafe\u0301', 'naïve', 'x', 'gamma,', 'δέλτα', '🙂', '\t\n', 'ok.']
+    docs = []
+    for i in range(num_docs):
+        if i % 97 == 5:
+            docs.append(' \n\t ')
+        elif i % 41 == 7:
+            docs.append(docs[rng.integers(len(docs))] + '  ')
+        else:
+            docs.append(' '.join(rng.choice(words, rng.integers(1, 30))))
+    return docs
+
+
+def reference_clean(docs, labels, **cleaning):
+    """The cleaning rule written out plainly: drop empty documents and repeats of a cleaned text."""
+    seen, kept, kept_labels = set(), [], []
+    for doc, label in zip(docs, labels):
+        cleaned = text.clean_text(doc, **cleaning)
+        if cleaned.strip() and cleaned not in seen:
+            seen.add(cleaned)
+            kept.append(cleaned)
+            kept_labels.append(label)
+    return kept, np.asarray(kept_labels)
+
+
+def reference_pack(docs, tokenizer, seq_len):
+    """All documents encoded at once, joined with end-of-document ids, cut into windows."""
+    stream = np.concatenate([np.append(ids, EOS_ID) for ids in tokenizer.encode_batch(docs)])
+    starts = np.arange((len(stream) - 1) // seq_len) * seq_len
+    return stream[starts[:, None] + np.arange(seq_len + 1)]
+
+
+def test_streamed_tokens_equal_the_corpus_encoded_at_once(tmp_path, monkeypatch):
+    """Read in blocks of 50, cleaned, encoded in ~20 chunks, packed and padded: the same tokens
+    as cleaning, encoding and packing the whole corpus at once."""
+    monkeypatch.setattr(encode, 'CHUNK_CHARS', 5000)
+    docs, labels = generated_corpus(), np.arange(3000) % 3
+    cleaning = dict(unicode_form='NFC', whitespace='collapse')
+    kept, kept_labels = reference_clean(docs, labels, **cleaning)
+    tokenizer = tokenizers.BpeTokenizer(tokenizers.train_bpe(kept, vocab_size=300))
+    assert sum(map(len, kept)) > 15 * encode.CHUNK_CHARS
+
+    def blocks(cleaner):
+        return (cleaner(docs[i:i + 50], labels[i:i + 50]) for i in range(0, len(docs), 50))
+
+    cleaner = text.Cleaner(**cleaning)
+    num_windows, num_tokens = encode.write_lm(blocks(cleaner), tokenizer, tmp_path, 16,
+                                              np.uint16)
+    expected = reference_pack(kept, tokenizer, 16)
+    tokens = np.load(tmp_path / 'tokens.npy')
+    assert tokens.dtype == np.uint16 and num_windows == len(expected)
+    np.testing.assert_array_equal(tokens, expected)
+    assert num_tokens == sum(len(ids) + 1 for ids in tokenizer.encode_batch(kept))
+    empty = sum(not text.clean_text(doc, **cleaning).strip() for doc in docs)
+    assert (cleaner.report.kept, cleaner.report.dropped_empty,
+            cleaner.report.dropped_duplicate) == (len(kept), empty, len(docs) - len(kept) - empty)
+    assert cleaner.report.dropped_duplicate > 50
+    assert not list(tmp_path.glob('*.rows'))
+
+    encode.write_classification(blocks(text.Cleaner(**cleaning)), tokenizer, tmp_path, 8,
+                                np.uint16, 'last')
+    np.testing.assert_array_equal(np.load(tmp_path / 'tokens.npy'),
+                                  text.pad(tokenizer.encode_batch(kept), 8, np.uint16, 'last'))
+    np.testing.assert_array_equal(np.load(tmp_path / 'label.npy'), kept_labels)
+
+
+def test_tokenizer_sample_takes_evenly_spread_blocks_in_corpus_order():
+    blocks = [[f'{i:03d}' * 10] for i in range(100)]  # 30 characters each, 3,000 in all
+    whole = [doc for block in blocks for doc in block]
+    for limit in (0, 3000, 10 ** 8):
+        assert tokenizers.sample(blocks.__getitem__, 100, limit) == whole
+    part = [int(doc[:3]) for doc in tokenizers.sample(blocks.__getitem__, 100, 300)]
+    assert part == [0, 8, 16, 32, 40, 48, 64, 72, 80, 96]  # 10 blocks, in order
+    assert sorted(tokenizers.spread_order(100)) == list(range(100))
+
+
+def stdlib_documents(split: str) -> list[str]:
+    """The split's documents read record by record and cleaned as python_stdlib's LM data is."""
+    docs = [e['text'].decode() for e in tfds.builder('python_stdlib').as_data_source(split)]
+    return reference_clean(docs, docs, unicode_form='NFC', whitespace='lines')[0]
+
+
+def learnt_from_all(kind: str, docs: list[str], vocab_size: int = 0) -> tokenizers.Tokenizer:
+    return tokenizers.load(kind, tokenizers.train(kind, docs, vocab_size))
+
+
+def tokenizer_reports() -> list[dict]:
+    """What every python_stdlib tokenizer in the cache was learnt from."""
+    root = pathlib.Path(tfds.builder('python_stdlib').data_dir_root, 'bigjax_cache')
+    reports = [json.loads(p.read_text()) for p in root.glob('python_stdlib/**/report.json')]
+    return [r['tokenizer_sample'] for r in reports if 'tokenizer_sample' in r]
+
+
+def test_stdlib_read_in_ranges_equals_the_whole_split_at_once(monkeypatch):
+    """The real files, read 7 records at a time (across two files for eval), the tokenizer's
+    sample in blocks of 4 (covering the split: the same BPE as learnt from all of it), tokens in
+    several chunks."""
+    monkeypatch.setattr(datasets, 'READ_RECORDS', 7)
+    monkeypatch.setattr(datasets, 'SAMPLE_RECORDS', 4)
+    monkeypatch.setattr(encode, 'CHUNK_CHARS', 200_000)
+    config = text_config(tokenizer='bpe', vocab_size=333, seq_len=48)
+    config.train_split, config.eval_split = 'train[10:130]', 'validation[70:]+test[:20]'
+    dataset = data.open_dataset(config)
+    tokenizer = learnt_from_all('bpe', stdlib_documents(config.train_split), 333)
+    assert dataset.tokenizer.name == tokenizer.name
+    for split, arrays in ((config.train_split, dataset.train), (config.eval_split, dataset.eval)):
+        np.testing.assert_array_equal(arrays.arrays['tokens'],
+                                      reference_pack(stdlib_documents(split), tokenizer, 48))
+
+
+def test_tokenizer_sample_is_in_the_cache_key_and_bounds_the_text(monkeypatch):
+    monkeypatch.setattr(datasets, 'SAMPLE_RECORDS', 4)
+    config = text_config(tokenizer='char', seq_len=32)
+    config.train_split = 'train[:60]'
+    whole = data.open_dataset(config).tokenizer
+    config.text.tokenizer_sample = 10 ** 9  # also covers the split: a new entry, the same chars
+    assert data.open_dataset(config).tokenizer.name == whole.name
+    config.text.tokenizer_sample = 100_000
+    sampled = data.open_dataset(config).tokenizer
+    samples = sorted(r['characters'] for r in tokenizer_reports() if r['of_documents'] == 60)
+    assert len(samples) == 3 and samples[1] == samples[2]  # two entries learnt from all of it
+    assert 100_000 <= samples[0] < samples[1]
+    assert set(sampled.chars) < set(whole.chars)
+
+
+def test_a_killed_preparation_is_redone_not_trusted(tmp_path):
+    """A run killed while writing tokens leaves a temporary folder and no entry; the next run
+    removes that folder and prepares the split again."""
+    config = text_config(tokenizer='char', seq_len=40)
+    config.train_split, config.eval_split = 'train[:50]', 'validation[:5]'
+    config.data_dir = str(tmp_path)
+    killed = subprocess.run([sys.executable, '-c', KILLED_WHILE_WRITING, config.to_json()],
+                            cwd=REPO)
+    assert killed.returncode == -9
+    cache_dir = tmp_path / 'bigjax_cache'
+    [leftover] = [p for p in cache_dir.glob('python_stdlib/*/*/*') if '.tmp-' in p.name]
+    assert list(leftover.glob('*.rows')) and not (leftover / 'key.json').exists()
+    dataset = data.open_dataset(config)
+    assert not [p for p in cache_dir.glob('python_stdlib/*/*/*') if '.tmp-' in p.name]
+    docs = stdlib_documents('train[:50]')
+    np.testing.assert_array_equal(dataset.train.arrays['tokens'],
+                                  reference_pack(docs, learnt_from_all('char', docs), 40))
+
+
+# Opens the dataset of the config (JSON in argv[1]) and kills itself at its second token write.
+KILLED_WHILE_WRITING = """
+import json, os, signal, sys, ml_collections
+from bigjax import data
+from bigjax.data import cache, encode
+encode.CHUNK_CHARS = 20_000
+append, calls = cache.ArrayWriter.append, []
+def append_then_die(self, rows):
+    append(self, rows)
+    calls.append(1)
+    if len(calls) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+cache.ArrayWriter.append = append_then_die
+data.open_dataset(ml_collections.ConfigDict(json.loads(sys.argv[1])))
+"""
 
 
 def test_pad_truncates_and_pads():

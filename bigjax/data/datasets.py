@@ -3,21 +3,30 @@
 Images: {'image': uint8 (N, H, W, C), 'label': int32 (N,)}.
 Text LM: {'tokens': (N, seq_len + 1)} packed windows. Text classification: {'tokens': (N, seq_len)}
 padded with PAD_ID, and 'label'. Decoded images and tokenized text are cached beside the data
-(cache.py), so only the first run pays for decoding, cleaning and tokenizing.
+(cache.py), so only the first run pays for decoding, cleaning and tokenizing. Splits are read a
+range of records at a time and text is tokenized a chunk at a time (encode.py): memory does not
+grow with the corpus.
 """
 
 import dataclasses
 import functools
+import json
 import logging
-from typing import Callable
+import tempfile
+from typing import Callable, Iterator
 
+import jax
 import numpy as np
+from etils import epath
+from jax.experimental import multihost_utils
 
-from bigjax.data import cache, image_folder, sources, text, text_files, tokenizers
+from bigjax.data import cache, encode, image_folder, sources, text, text_files, tokenizers
 from bigjax.errors import UserError
 
 log = logging.getLogger('bigjax')
 KINDS = ('image', 'text_lm', 'text_classification')
+READ_RECORDS = 1024  # records read from a split at a time
+SAMPLE_RECORDS = 256  # documents in a block of a tokenizer's sample (tokenizers.sample)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,10 +169,14 @@ def _images(builder, data_config) -> Dataset:
     def split(split_name):
         tfds_split = sources.open_split(builder, split_name, data_config)
 
-        def build():
-            examples = sources.read_all(tfds_split, builder)
-            return {'image': np.stack([e['image'] for e in examples]).astype(np.uint8),
-                    'label': np.asarray([e['label'] for e in examples], np.int32)}, {}
+        def build(_folder):
+            images, labels = [], []
+            for start in range(0, len(tfds_split.source), READ_RECORDS):
+                examples = sources.read_examples(tfds_split, builder, start, min(
+                    start + READ_RECORDS, len(tfds_split.source)))
+                images.append(np.stack([e['image'] for e in examples]).astype(np.uint8))
+                labels.append(np.asarray([e['label'] for e in examples], np.int32))
+            return {'image': np.concatenate(images), 'label': np.concatenate(labels)}, {}
         return Split(len(tfds_split.source), lambda: _cached(tfds_split, {'kind': 'image'},
                                                             build)[0])
 
@@ -187,11 +200,14 @@ def _text(builder, data_config) -> Dataset:
     if t.keep not in ('first', 'last'):
         raise UserError(f"data.text.keep={t.keep!r} is not 'first' or 'last' (which tokens of a "
                         'longer document a classification example keeps)')
+    _check_text_feature(features, t.feature, data_config.name)
     names = class_names(features, t.label_feature) if task == 'classification' else ()
+    label_feature = t.label_feature if task == 'classification' else None
     train = sources.open_split(builder, data_config.train_split, data_config)
     eval_ = sources.open_split(builder, data_config.eval_split, data_config)
     cleaning = {'unicode_form': t.unicode_form, 'whitespace': t.whitespace,
                 'drop_duplicates': t.drop_duplicates}
+    text.Cleaner(**cleaning)  # A bad setting is an error before anything is read.
     tokenizer = _tokenizer(*_tokenizer_source(builder, train, data_config), t, cleaning)
     dtype = text.token_dtype(tokenizer.vocab_size)
 
@@ -200,15 +216,19 @@ def _text(builder, data_config) -> Dataset:
                'feature': t.feature, 'label_feature': t.label_feature, **cleaning,
                **({'keep': t.keep} if task == 'classification' else {})}
 
-        def build():
-            docs, labels = _documents(builder, tfds_split, t.feature,
-                                      t.label_feature if task == 'classification' else None)
-            docs, labels, report = text.clean_documents(docs, labels, **cleaning)
-            token_docs = tokenizer.encode_batch(docs)
+        def build(folder):
+            cleaner = text.Cleaner(**cleaning)
+            blocks = (cleaner(docs, labels) for docs, labels in _documents(
+                builder, tfds_split, t.feature, label_feature, 0, len(tfds_split.source)))
             if task == 'lm':
-                return {'tokens': text.pack(token_docs, t.seq_len, dtype)}, vars(report)
-            return {'tokens': text.pad(token_docs, t.seq_len, dtype, t.keep),
-                    'label': labels.astype(np.int32)}, vars(report)
+                num_windows, num_tokens = encode.write_lm(blocks, tokenizer, folder, t.seq_len,
+                                                          dtype)
+                if not num_windows:
+                    raise UserError(f'the split has {num_tokens} tokens, too few for one '
+                                    f'sequence of data.text.seq_len={t.seq_len}: lower seq_len')
+            else:
+                encode.write_classification(blocks, tokenizer, folder, t.seq_len, dtype, t.keep)
+            return {}, vars(cleaner.report)
 
         arrays, report = _cached(tfds_split, key, build)
         log.info('%s %s: %s; %d sequences of %d tokens', tfds_split.name, tfds_split.split,
@@ -219,6 +239,14 @@ def _text(builder, data_config) -> Dataset:
                    num_classes=len(names), class_names=names, seq_len=t.seq_len,
                    vocab_size=tokenizer.vocab_size,
                    tokenizer=tokenizer)
+
+
+def _check_text_feature(features, feature: str, name: str) -> None:
+    import tensorflow_datasets as tfds
+    if not isinstance(features[feature], tfds.features.Text):
+        raise UserError(f'feature {feature!r} of dataset {name!r} is a '
+                        f'{type(features[feature]).__name__}, not Text: set data.text.feature '
+                        f'to a text feature')
 
 
 def class_names(features, label_feature: str) -> tuple[str, ...]:
@@ -234,13 +262,17 @@ def class_names(features, label_feature: str) -> tuple[str, ...]:
                     'be a classification label')
 
 
-def _documents(builder, tfds_split, feature: str, label_feature: str | None):
-    examples = sources.read_all(tfds_split, builder)
-    docs = [e[feature].decode('utf-8') if isinstance(e[feature], bytes) else str(e[feature])
-            for e in examples]
-    labels = (np.asarray([int(e[label_feature]) for e in examples])
-              if label_feature is not None else None)
-    return docs, labels
+def _documents(builder, tfds_split, feature: str, label_feature: str | None, start: int,
+               stop: int) -> Iterator[tuple[list[str], np.ndarray | None]]:
+    """(documents, labels or None) of records [start, stop), READ_RECORDS at a time."""
+    names = (feature,) if label_feature is None else (feature, label_feature)
+    for begin in range(start, stop, READ_RECORDS):
+        columns = sources.read_scalars(tfds_split, builder, names, begin,
+                                       min(begin + READ_RECORDS, stop))
+        docs = [t.decode('utf-8') for t in columns[feature]]
+        labels = (np.asarray(columns[label_feature], np.int32)
+                  if label_feature is not None else None)
+        yield docs, labels
 
 
 def _tokenizer_source(builder, train_split, data_config):
@@ -256,27 +288,50 @@ def _tokenizer_source(builder, train_split, data_config):
 
 
 def _tokenizer(builder, train_split, text_config, cleaning: dict) -> tokenizers.Tokenizer:
-    """The byte tokenizer, or characters / BPE learnt from the cleaned training split (cached
-    beside it)."""
+    """The byte tokenizer, or characters / BPE learnt from the cleaned training split, or from a
+    sample of it of about data.text.tokenizer_sample characters: evenly spread blocks of
+    SAMPLE_RECORDS documents (tokenizers.sample). Cached beside the split."""
     kind = text_config.tokenizer
     if kind == 'byte':
         return tokenizers.ByteTokenizer()
+    num_records = len(train_split.source)
 
-    def build():
-        docs, _ = _documents(builder, train_split, text_config.feature, None)
-        docs, _, _ = text.clean_documents(docs, **cleaning)
-        log.info('Learning a %s tokenizer from %s %s', kind, train_split.name, train_split.split)
-        return {}, {'tokenizer': tokenizers.train(kind, docs, text_config.vocab_size)}
+    def read_block(block: int) -> list[str]:
+        start = block * SAMPLE_RECORDS
+        return [doc for docs, _ in _documents(builder, train_split, text_config.feature, None,
+                                              start, min(start + SAMPLE_RECORDS, num_records))
+                for doc in docs]
+
+    def build(_folder):
+        docs = tokenizers.sample(read_block, -(-num_records // SAMPLE_RECORDS),
+                                 text_config.tokenizer_sample)
+        docs, _ = text.Cleaner(**cleaning)(docs)
+        log.info('Learning a %s tokenizer from %d documents (%d characters) of %s %s', kind,
+                 len(docs), sum(map(len, docs)), train_split.name, train_split.split)
+        return {}, {'tokenizer': tokenizers.train(kind, docs, text_config.vocab_size),
+                    'tokenizer_sample': {'documents': len(docs),
+                                         'characters': sum(map(len, docs)),
+                                         'of_documents': num_records}}
 
     key = {'kind': kind, 'feature': text_config.feature, **cleaning,
+           'tokenizer_sample': text_config.tokenizer_sample,
            **({'vocab_size': text_config.vocab_size} if kind == 'bpe' else {})}
     _, report = _cached(train_split, key, build)
     return tokenizers.load(kind, report['tokenizer'])
 
 
 def _cached(tfds_split, key: dict, build):
-    """cache.cached beside the dataset; data that is not on disk (mocks) is built each time."""
+    """cache.cached beside the dataset. With several processes, process 0 builds the entry while
+    the others wait, then all load it (each builds its own identical copy if their disks are not
+    shared); a cache in ~/.cache (data in an object store) is built by every host at once. Data
+    that is not on disk (mocks) is built in a temporary folder and held in memory."""
+    key = {**tfds_split.cache_key, **key}
     if tfds_split.cache_dir is None:
-        return build()
-    return cache.cached(tfds_split.cache_dir, {**tfds_split.cache_key, **key}, build)
-
+        with tempfile.TemporaryDirectory() as folder:
+            arrays, report = cache.cached(epath.Path(folder), key, build)
+            return {name: np.array(array) for name, array in arrays.items()}, report
+    if jax.process_count() > 1 and tfds_split.cache_beside_data:
+        if jax.process_index() == 0:
+            cache.cached(tfds_split.cache_dir, key, build)
+        multihost_utils.sync_global_devices(f'bigjax: cached {json.dumps(key, sort_keys=True)}')
+    return cache.cached(tfds_split.cache_dir, key, build)

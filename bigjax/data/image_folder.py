@@ -93,7 +93,7 @@ def open_image_folder(data_config):
         key = {'files': signature(paths), 'labels': [lbl for _, lbl in pairs[name]],
                'shape': shape}
 
-        def build():
+        def build(_folder):
             images = np.stack([decode(p, shape) for p in paths])
             labels = np.asarray([label for _, label in pairs[name]], np.int32)
             return {'image': images, 'label': labels}, {}

@@ -1,7 +1,9 @@
 """Access to tfds datasets, offline local builders included: opening, preparing, reading splits.
 
-Every failure a user can cause or fix (unknown name, missing split, no internet, a corrupted or
-wrongly formatted prepared folder) is a one-line UserError that says what to do.
+Splits are read a range of records at a time: text and labels straight from the array_record
+files' tf.train.Example protos, other features (images) through tfds' decoding. Every failure a
+user can cause or fix (unknown name, missing split, no internet, a corrupted or wrongly formatted
+prepared folder) is a one-line UserError that says what to do.
 """
 
 import dataclasses
@@ -33,6 +35,9 @@ class TfdsSplit:
     features: object  # tfds FeaturesDict
     cache_dir: epath.Path | None  # None when the data is not on disk (tfds.testing.mock_data)
     cache_key: dict
+    files: tuple = ()  # tfds FileInstructions of the split's records; () when not on disk
+    cache_beside_data: bool = False  # cache_dir is on the disk the data is read from
+    readers: dict = dataclasses.field(default_factory=dict, repr=False)  # open, by file name
 
 
 def open_builder(data_config):
@@ -81,17 +86,66 @@ def open_split(builder, split: str, data_config) -> TfdsSplit:
         source = builder.as_data_source(split)
     except Exception as e:  # array_record raises several types for damaged files.
         raise corrupted(builder, e) from None
-    cache_dir = epath.Path(root) / 'bigjax_cache' / name
     key = {'dataset': name, 'split': split, 'metadata': dict(builder.info.metadata or {})}
-    return TfdsSplit(name, split, source, builder.info.features, cache_dir, key)
+    return TfdsSplit(name, split, source, builder.info.features, cache_root(root) / name, key,
+                     tuple(builder.info.splits[split].file_instructions),
+                     cache_beside_data='://' not in os.fspath(root))
 
 
-def read_all(split: TfdsSplit, builder) -> list[dict]:
-    """Every example of the split, in order; a damaged file is a UserError."""
+def cache_root(data_root) -> epath.Path:
+    """Where caches of datasets under `data_root` go: beside them, or, for data in an object store
+    (gs://...), which cannot be memory-mapped, in this host's ~/.cache/bigjax/tfds."""
+    if '://' in os.fspath(data_root):
+        return epath.Path(os.path.expanduser('~/.cache/bigjax/tfds'))
+    return epath.Path(data_root) / 'bigjax_cache'
+
+
+def read_examples(split: TfdsSplit, builder, start: int, stop: int) -> list[dict]:
+    """Examples [start, stop) of the split, decoded by tfds; a damaged file is a UserError."""
+    if not split.files:  # tfds.testing.mock_data's sources serve one example at a time.
+        return [split.source[i] for i in range(start, stop)]
     try:
-        return list(split.source)
+        return list(split.source.__getitems__(list(range(start, stop))))
     except Exception as e:
         raise corrupted(builder, e) from None
+
+
+def read_scalars(split: TfdsSplit, builder, names: tuple[str, ...], start: int, stop: int
+                 ) -> dict[str, list]:
+    """Scalar features `names` of records [start, stop) in order, {name: [bytes (text) or int]}:
+    parsed from the records' tf.train.Example protos, ~4x faster than tfds' decoding (which data
+    not on disk, tfds.testing.mock_data, gets). A damaged file is a UserError."""
+    if not split.files:
+        examples = read_examples(split, builder, start, stop)  # mocks give text as str
+        return {name: [e[name].encode() if isinstance(e[name], str) else e[name]
+                       for e in examples] for name in names}
+    from tensorflow_datasets.proto import tf_example_pb2
+    try:
+        protos = [tf_example_pb2.Example.FromString(record).features.feature
+                  for record in _records(split, start, stop)]
+        return {name: [_first_value(p[name]) for p in protos] for name in names}
+    except Exception as e:
+        raise corrupted(builder, e) from None
+
+
+def _first_value(feature):
+    """The value of a tf.train.Feature holding one (bytes, int64 or float)."""
+    return getattr(feature, feature.WhichOneof('kind')).value[0]
+
+
+def _records(split: TfdsSplit, start: int, stop: int) -> list[bytes]:
+    """Serialized records [start, stop) of the split, read as ranges of its files."""
+    from array_record.python.array_record_module import ArrayRecordReader
+    records, offset = [], 0
+    for file in split.files:
+        begin, end = max(start - offset, 0), min(stop - offset, file.take)
+        if begin < end:
+            if file.filename not in split.readers:
+                split.readers[file.filename] = ArrayRecordReader(
+                    os.fspath(file.filename), 'readahead_buffer_size:0')
+            records += split.readers[file.filename].read(file.skip + begin, file.skip + end)
+        offset += file.take
+    return records
 
 
 def corrupted(builder, error: Exception) -> UserError:

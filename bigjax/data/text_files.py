@@ -3,8 +3,9 @@
 The files (globs expanded and sorted, in the order given) are documents; the first
 1 - data.val_fraction of their characters train and the rest evaluate (a file may be cut in two),
 as common small-LM setups split one text file. Tokens (byte, char or bpe, learnt from the training
-part) are packed into windows like any text dataset and cached under the data_dir, keyed by the
-files' paths, sizes and modification times: a second run starts at once, an edited file is
+part, or from evenly spread files of it when it has more than data.text.tokenizer_sample
+characters) are packed into windows like any text dataset and cached under the data_dir, keyed by
+the files' paths, sizes and modification times: a second run starts at once, an edited file is
 prepared again.
 """
 
@@ -13,7 +14,7 @@ import os
 
 from etils import epath
 
-from bigjax.data import cache, text, tokenizers
+from bigjax.data import cache, encode, sources, text, tokenizers
 from bigjax.errors import UserError
 
 
@@ -40,7 +41,7 @@ def signature(files: list[str]) -> list:
 
 def cache_dir(data_config, kind: str) -> epath.Path:
     root = data_config.data_dir or os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets'
-    return epath.Path(os.path.expanduser(root)) / 'bigjax_cache' / kind
+    return sources.cache_root(os.path.expanduser(root)) / kind
 
 
 def read_utf8(path: str) -> str:
@@ -83,30 +84,34 @@ def open_text_files(data_config):
     cleaning = {'unicode_form': t.unicode_form, 'whitespace': t.whitespace}
     key = {'files': signature(files), 'val_fraction': data_config.val_fraction,
            'tokenizer': t.tokenizer, 'seq_len': t.seq_len, **cleaning,
-           **({'vocab_size': t.vocab_size} if t.tokenizer == 'bpe' else {})}
+           **({'vocab_size': t.vocab_size} if t.tokenizer == 'bpe' else {}),
+           **({'tokenizer_sample': t.tokenizer_sample} if t.tokenizer != 'byte' else {})}
 
-    def build():
+    def build(folder):
         docs = [text.clean_text(read_utf8(f), **cleaning) for f in files]
         train_docs, eval_docs = split_documents(docs, data_config.val_fraction)
         if not train_docs or not eval_docs:
             raise UserError(f'data.paths has {sum(map(len, docs))} characters: too few to split '
                             f'by data.val_fraction={data_config.val_fraction}')
-        trained = '' if t.tokenizer == 'byte' else tokenizers.train(t.tokenizer, train_docs,
-                                                                     t.vocab_size)
+        trained, report = '', {'characters': [sum(map(len, train_docs)),
+                                              sum(map(len, eval_docs))]}
+        if t.tokenizer != 'byte':
+            sample = tokenizers.sample(lambda i: [train_docs[i]], len(train_docs),
+                                       t.tokenizer_sample)
+            trained = tokenizers.train(t.tokenizer, sample, t.vocab_size)
+            report['tokenizer_sample'] = {'documents': len(sample),
+                                          'characters': sum(map(len, sample))}
         tokenizer = tokenizers.load(t.tokenizer, trained)
         dtype = text.token_dtype(tokenizer.vocab_size)
-        streams = {name: tokenizer.encode_batch(d) for name, d in (('train', train_docs),
-                                                                    ('eval', eval_docs))}
-        eval_tokens = sum(len(ids) + 1 for ids in streams['eval'])
-        if eval_tokens < t.seq_len + 1:
-            raise UserError(f'data.text.seq_len={t.seq_len} is longer than the eval split of '
-                            f'data.paths ({eval_tokens} tokens with end-of-document marks): '
-                            'lower seq_len or raise data.val_fraction')
-        arrays = {f'{name}_tokens': text.pack(ids, t.seq_len, dtype)
-                  for name, ids in streams.items()}
-        report = {'tokenizer': trained, 'characters': [sum(map(len, train_docs)),
-                                                       sum(map(len, eval_docs))]}
-        return arrays, report
+        for name, split_docs in (('eval', eval_docs), ('train', train_docs)):
+            num_windows, num_tokens = encode.write_lm([(split_docs, None)], tokenizer, folder,
+                                                      t.seq_len, dtype, name=f'{name}_tokens')
+            if not num_windows:
+                raise UserError(f'data.text.seq_len={t.seq_len} is longer than the {name} split '
+                                f'of data.paths ({num_tokens} tokens with end-of-document marks)'
+                                ': lower seq_len' + (' or raise data.val_fraction'
+                                                     if name == 'eval' else ''))
+        return {}, {'tokenizer': trained, **report}
 
     arrays, report = cache.cached(cache_dir(data_config, 'text_files'), key, build)
     tokenizer = tokenizers.load(t.tokenizer, report['tokenizer'])

@@ -7,7 +7,7 @@ of the training text's characters (others become one unknown id).
 """
 
 import hashlib
-from typing import Iterable, Protocol
+from typing import Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 
@@ -133,6 +133,30 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> str:
     return tokenizer.to_str()
 
 
+def sample(read_block: Callable[[int], list[str]], num_blocks: int, max_chars: int
+           ) -> list[str]:
+    """The texts a tokenizer learns from: blocks of a corpus (read_block(i), i < num_blocks) taken
+    in spread_order until they hold max_chars characters (0: no limit), then joined in corpus
+    order. A corpus of at most max_chars characters is therefore learnt whole, in order."""
+    taken, chars = {}, 0
+    for block in spread_order(num_blocks):
+        if max_chars and chars >= max_chars:
+            break
+        taken[block] = read_block(block)
+        chars += sum(map(len, taken[block]))
+    return [t for block in sorted(taken) for t in taken[block]]
+
+
+def spread_order(n: int) -> Iterator[int]:
+    """0 .. n-1 in bit-reversed order (0, n/2, n/4, 3n/4, ...): every prefix is spread evenly
+    over the range."""
+    bits = (n - 1).bit_length() if n > 1 else 0
+    for i in range(1 << bits):
+        j = int(f'{i:0{bits}b}'[::-1], 2) if bits else 0
+        if j < n:
+            yield j
+
+
 def train(kind: str, texts: list[str], vocab_size: int) -> str:
     """A trained tokenizer of `kind` ('char' or 'bpe') as a string, for caches (see load)."""
     if kind == 'char':
@@ -153,3 +177,6 @@ def check(text_config) -> None:
     if text_config.tokenizer == 'bpe' and not 258 <= text_config.vocab_size <= 65536:
         raise UserError(f'data.text.vocab_size={text_config.vocab_size} must be in [258, 65536] '
                         'for the bpe tokenizer (256 bytes + pad + end-of-document at least)')
+    if text_config.tokenizer_sample < 0:
+        raise UserError(f'data.text.tokenizer_sample={text_config.tokenizer_sample} must be >= 0 '
+                        '(characters a tokenizer learns from; 0 = the whole split)')
