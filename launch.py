@@ -9,6 +9,9 @@ python launch.py --config=configs/transformer_tpu.py --workdir=DIR --mode=compil
     (compiles the train and eval steps for that TPU slice on any machine: HBM per chip, FLOPs,
     a roofline estimate; DIR/compile.json)
 Any config value can be overridden: --config.optim.learning_rate=3e-4 --config.train.num_steps=500.
+Your own models, datasets and tasks: --import=my_pkg.my_module (repeatable) imports a module that
+registers them (bigjax.models.register, bigjax.data.register, bigjax.tasks.register) before the
+config is read; then e.g. --config.model.name=my_lm.
 Several processes (multi-host GPU, or CPU tests): --num_processes=N --process_id=I
 --coordinator_address=HOST:PORT on each; on Cloud TPU slices this is detected by itself.
 """
@@ -33,6 +36,8 @@ flags.DEFINE_string('prompt', '', 'sample: the text to continue.')
 flags.DEFINE_integer('num_tokens', 200, 'sample: how many tokens to add.')
 flags.DEFINE_float('temperature', 0.8, 'sample: softmax temperature; 0 = most likely token.')
 flags.DEFINE_integer('top_k', 0, 'sample: draw from the k most likely tokens only; 0 = all.')
+flags.DEFINE_multi_string('import', [], 'Modules to import first (comma-separated or repeated), '
+                          'e.g. one that registers your own model, dataset or task.')
 flags.DEFINE_string('coordinator_address', '', 'Multi-process: HOST:PORT of process 0.')
 flags.DEFINE_integer('num_processes', 1, 'Multi-process: how many processes.')
 flags.DEFINE_integer('process_id', -1, 'Multi-process: this process, 0 .. num_processes - 1.')
@@ -44,8 +49,22 @@ def fail(message: str) -> None:
     sys.exit(1)
 
 
+def imported_modules(argv: list[str]) -> list[str]:
+    """The modules --import names, read before absl parses the flags: the config file is loaded
+    during parsing, and it may use what they register."""
+    values = [argv[i + 1] if arg == '--import' and i + 1 < len(argv) else arg[len('--import='):]
+              for i, arg in enumerate(argv) if arg == '--import' or arg.startswith('--import=')]
+    return [name.strip() for value in values for name in value.split(',') if name.strip()]
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing, with one-line errors for bad config files and overrides."""
+    from bigjax import registry
+    from bigjax.errors import UserError
+    try:
+        registry.import_modules(imported_modules(argv))
+    except UserError as e:
+        fail(str(e))
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:

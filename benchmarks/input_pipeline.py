@@ -38,7 +38,7 @@ def configs():
 def pipeline_examples_per_sec(config, batches: int) -> float:
     mesh = parallel.make_mesh(config.mesh)
     dataset = data.open_dataset(config.data)
-    task = tasks.make_task(dataset, config.data)
+    task = tasks.make_task(dataset, config)
     on_device = parallel.replicate_small(dataset.train.arrays, mesh, config.data.on_device_max_mb)
     iterator = data.ArrayTrainIterator(dataset.train.arrays, config.train.batch_size, config.seed,
                                        indices_only=on_device is not None)

@@ -8,6 +8,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from bigjax import pytree
 from bigjax.errors import UserError
 
 
@@ -32,7 +33,7 @@ class Checkpointer:
     def check_compatible(self, step: int, abstract_state) -> None:
         """Raises UserError naming the arrays whose shapes differ from the checkpoint's."""
         saved = _shapes(self.manager.item_metadata(step)['state'].tree)
-        wanted = {_path_name(path): tuple(leaf.shape)
+        wanted = {pytree.path_name(path, '.'): tuple(leaf.shape)
                   for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
         differing = sorted((name for name in saved.keys() | wanted.keys()
                             if saved.get(name) != wanted.get(name)),
@@ -79,17 +80,6 @@ class Checkpointer:
 
     def __exit__(self, *exc_info):
         self.close()
-
-
-def _path_name(path) -> str:
-    """'params.conv1.kernel' for a jax key path, as Orbax names the array."""
-    parts = []
-    for key in path:
-        for attr in ('key', 'name', 'idx'):
-            if hasattr(key, attr):
-                parts.append(str(getattr(key, attr)))
-                break
-    return '.'.join(parts)
 
 
 def _shapes(tree, prefix: str = '') -> dict[str, tuple]:

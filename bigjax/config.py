@@ -11,6 +11,7 @@ import sys
 
 import ml_collections
 
+from bigjax import models
 from bigjax.errors import UserError
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -67,42 +68,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.synthetic.eval_examples = 1024
 
     c.model = ml_collections.ConfigDict()
-    c.model.name = 'cnn'
-    c.model.cnn = ml_collections.ConfigDict()  # bigjax.models.cnn.SimpleCNN's fields
-    c.model.cnn.features = (32, 64)
-    c.model.cnn.kernel_size = 3
-    c.model.cnn.padding = 'VALID'  # 'VALID' | 'SAME'
-    c.model.cnn.pooling = 'none'  # 'none' | 'max' | 'avg'
-    c.model.cnn.hidden = 128
-    c.model.cnn.dropout = 0.0
-    c.model.cnn.batch_norm = False
-    c.model.cnn.activation = 'relu'  # 'relu' | 'gelu' | 'sigmoid' | 'tanh'
-
-    c.model.transformer = ml_collections.ConfigDict()  # models/transformer.py TransformerConfig
-    c.model.transformer.width = 256
-    c.model.transformer.depth = 4
-    c.model.transformer.num_heads = 4
-    c.model.transformer.num_kv_heads = 0  # 0 = num_heads; fewer = grouped-query attention
-    c.model.transformer.mlp_dim = 1024
-    c.model.transformer.mlp = 'gelu'  # 'gelu' | 'swiglu'
-    c.model.transformer.norm = 'layernorm'  # 'layernorm' | 'rmsnorm'
-    c.model.transformer.positions = 'learned'  # 'learned' | 'rope'
-    c.model.transformer.max_len = 256
-    c.model.transformer.dropout = 0.0
-    c.model.transformer.tied_embeddings = True
-    # 'einops' | 'dot_product' (cuDNN on GPU) | 'fused' (C++ kernel on CPU, dot_product elsewhere)
-    c.model.transformer.attention = 'einops'
-    c.model.transformer.dtype = 'float32'  # compute: 'float32' | 'bfloat16'
-    c.model.transformer.param_dtype = 'float32'  # storage
-    # What each block recomputes in the backward pass instead of storing: 'none' | 'block'
-    # (everything but its input) | 'dots' (keeps the projections' outputs)
-    c.model.transformer.remat = 'none'
-    c.model.transformer.scan_layers = False  # the blocks as one nn.scan: one compiled block
-    c.model.transformer.patch_size = 4  # vit
-    c.model.transformer.pool = 'cls'  # classifier/vit: 'cls' | 'mean'; 'last': causal (text)
-    c.model.transformer.lora_rank = 0  # > 0: LoRA adapters; only they, the head and the class
-    c.model.transformer.lora_alpha = 16.0  # token train (bigjax/finetune.py)
-    c.model.transformer.lora_targets = ('qkv', 'out')  # of qkv, out, up, gate, down
+    c.model.name = 'cnn'  # a registered model: bigjax.models.MODELS.names(), or your own
+    # Each model's options (bigjax.models.register): model.cnn is models/cnn.py SimpleCNN's
+    # fields, model.transformer models/transformer_config.py TransformerConfig's, and a model
+    # registered with options has its own section.
+    for section, defaults in models.option_sections().items():
+        c.model[section] = ml_collections.ConfigDict(defaults)
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = 'adam'  # 'sgd' | 'momentum' | 'adam' | 'adamw'
@@ -174,6 +145,21 @@ def shrink_to_smoke(config: ml_collections.ConfigDict, *, num_steps: int) -> Non
     config.train.checkpoint_every = max(num_steps // 2, 1)
     config.report.examples = 64
     config.report.sample_tokens = 16
+
+
+TRANSFER_STAGES = ('pretrain', 'finetune', 'scratch')
+
+
+def parse_stage(arg: str | None) -> tuple[str, bool]:
+    """A transfer config's arg (configs/*_transfer.py): 'finetune,smoke' -> ('finetune', True);
+    no arg is the pretraining, 'smoke' its smoke."""
+    stage, _, smoke = (arg or 'pretrain').partition(',')
+    if stage == 'smoke':
+        stage, smoke = 'pretrain', 'smoke'
+    if stage not in TRANSFER_STAGES or smoke not in ('', 'smoke'):
+        raise ValueError(f'unknown config arg {arg!r}; use one of {TRANSFER_STAGES}, optionally '
+                         'with ",smoke"')
+    return stage, bool(smoke)
 
 
 def from_file(reference: str) -> ml_collections.ConfigDict:

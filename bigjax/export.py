@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from bigjax import finetune
+from bigjax import finetune, pytree
 from bigjax import plan as plan_lib
 from bigjax import workdir as workdir_lib
 from bigjax.errors import UserError
@@ -37,6 +37,6 @@ def export(config, workdir, export_dir) -> str:
                                       'model_state': jax.device_get(state.model_state)})
     checkpointer.wait_until_finished()
     workdir_lib.write_config(out, json.loads(merged_config.to_json_best_effort()))
-    count = sum(int(np.prod(v.shape)) for v in finetune.flat(params).values())
+    count = sum(int(np.prod(v.shape)) for v in pytree.flat(params).values())
     return (f'Exported step {step} of {plan.workdir} to {out}: {count:,} parameters'
             + (' (LoRA adapters merged)' if lora else ''))

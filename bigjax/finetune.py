@@ -17,33 +17,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from bigjax import pytree
 from bigjax import workdir as workdir_lib
 from bigjax.errors import UserError
 
 log = logging.getLogger('bigjax')
 ADAPTER = re.compile(r'.*_lora_[ab]')  # LoRA adapter parameters (models/transformer.py)
-
-
-def param_name(path) -> str:
-    """'encoder/block0/attention/qkv/kernel' for a jax key path."""
-    return '/'.join(str(getattr(k, 'key', k)) for k in path)
-
-
-def flat(tree) -> dict[str, object]:
-    """{'a/b/c': leaf} for a nested dict of arrays."""
-    return {param_name(path): leaf
-            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def unflat(names: dict[str, object]) -> dict:
-    tree = {}
-    for name, leaf in names.items():
-        node = tree
-        *parents, last = name.split('/')
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = leaf
-    return tree
 
 
 def matching(patterns, names, what: str) -> set[str]:
@@ -85,7 +64,7 @@ def frozen_predicate(config) -> Callable[[str], bool]:
 def check_patterns(config, params) -> None:
     """Raises UserError for a frozen or optim.lr_multipliers pattern that matches no parameter,
     or a multiplier that is not positive."""
-    names = flat(params)
+    names = pytree.flat(params)
     matching(config.frozen, names, 'frozen')
     for entry in config.optim.lr_multipliers:
         if len(entry) != 2 or not isinstance(entry[1], (int, float)) or entry[1] <= 0:
@@ -153,7 +132,7 @@ def _names(variables: dict) -> dict[str, object]:
     """Flat names of a variables dict: parameters bare, other collections prefixed."""
     out = {}
     for collection, tree in variables.items():
-        for name, leaf in flat(tree).items():
+        for name, leaf in pytree.flat(tree).items():
             out[name if collection == 'params' else f'{collection}:{name}'] = leaf
     return out
 
@@ -281,7 +260,7 @@ def with_loaded(state, arrays: dict[str, object]):
     untouched)."""
     def replace(collection: str, tree):
         def leaf(path, old):
-            name = param_name(path)
+            name = pytree.path_name(path)
             key = name if collection == 'params' else f'{collection}:{name}'
             return jnp.asarray(arrays[key]).astype(old.dtype) if key in arrays else old
         return jax.tree_util.tree_map_with_path(leaf, tree)
@@ -291,14 +270,14 @@ def with_loaded(state, arrays: dict[str, object]):
 
 def parameter_counts(params, frozen: Callable[[str], bool]) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
-    sizes = {name: int(np.prod(leaf.shape)) for name, leaf in flat(params).items()}
+    sizes = {name: int(np.prod(leaf.shape)) for name, leaf in pytree.flat(params).items()}
     return sum(v for n, v in sizes.items() if not frozen(n)), sum(sizes.values())
 
 
 def merge_lora(params, cfg) -> dict:
     """Parameters with each adapter folded into its kernel (kernel + alpha / rank * a @ b) and
     the adapters dropped: the same function for a model built with lora_rank=0."""
-    names = flat(params)
+    names = pytree.flat(params)
     scale = cfg.lora_alpha / cfg.lora_rank
     merged = {n: v for n, v in names.items() if not ADAPTER.fullmatch(n)}
     for name in names:
@@ -311,4 +290,4 @@ def merge_lora(params, cfg) -> dict:
             delta = (a.reshape(lead, -1, cfg.lora_rank) @ b.reshape(lead, cfg.lora_rank, -1)
                      ) * scale
             merged[kernel_name] = (kernel + delta.reshape(kernel.shape)).astype(kernel.dtype)
-    return unflat(merged)
+    return pytree.unflat(merged)

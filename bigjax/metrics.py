@@ -122,9 +122,19 @@ def check_num_classes(logits_shape, num_classes: int) -> None:
                         f'{num_classes}: set the model head to {num_classes} classes')
 
 
+TRAIN_SUMS = ('loss_sum', 'correct', 'count')  # what the training loop's metric window keeps
+
+
 def zero_sums() -> dict[str, jax.Array]:
     """The training sums of no examples: where accumulation starts."""
-    return {name: jnp.zeros((), jnp.float32) for name in ('loss_sum', 'correct', 'count')}
+    return {name: jnp.zeros((), jnp.float32) for name in TRAIN_SUMS}
+
+
+def train_sums(sums: dict) -> dict[str, jax.Array]:
+    """A task's training sums as the metric window (and checkpoints) hold them: 'correct' is NaN
+    for a task that counts none (no accuracy; a regression), other names are left out."""
+    return {'loss_sum': sums['loss_sum'], 'count': sums['count'],
+            'correct': sums.get('correct', jnp.full((), jnp.nan, jnp.float32))}
 
 
 def empty_window() -> dict:
@@ -138,12 +148,16 @@ def add(a: dict, b: dict) -> dict:
 
 
 def summarize(sums: dict, kind: str = 'image') -> dict[str, float]:
-    """Host values from (fetched) sums: mean loss and accuracy, and whatever else the sums
-    allow: perplexity and bits per byte/character for LMs; top-k accuracy, macro precision,
-    recall and F1, and ROC-AUC (binary, or macro one-vs-rest) for classifiers."""
+    """Host values from (fetched) sums: mean loss, accuracy where 'correct' is counted, the mean
+    of any other '<name>_sum' (a task's own metrics), and whatever else the sums allow:
+    perplexity and bits per byte/character for LMs; top-k accuracy, macro precision, recall and
+    F1, and ROC-AUC (binary, or macro one-vs-rest) for classifiers."""
     sums = jax.device_get(sums)
     count = float(np.maximum(sums['count'], 1))
-    values = {'loss': float(sums['loss_sum']) / count, 'accuracy': float(sums['correct']) / count}
+    values = {name[:-len('_sum')]: float(value) / count for name, value in sums.items()
+              if name.endswith('_sum') and np.ndim(value) == 0}
+    if np.isfinite(sums.get('correct', np.nan)):
+        values['accuracy'] = float(sums['correct']) / count
     if kind == 'text_lm':
         values['perplexity'] = float(np.exp(min(values['loss'], 80.0)))
         for unit in ('bytes', 'chars'):

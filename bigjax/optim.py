@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bigjax import finetune
+from bigjax import pytree
 from bigjax.errors import UserError
 
 OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adamw')
@@ -58,7 +58,7 @@ def _by_name(fn: Callable[[str, object], object]):
     def unboxed(leaf):
         return leaf.value if isinstance(leaf, nn.meta.AxisMetadata) else leaf
     return lambda params: jax.tree_util.tree_map_with_path(
-        lambda path, leaf: fn(finetune.param_name(path), unboxed(leaf)), params,
+        lambda path, leaf: fn(pytree.path_name(path), unboxed(leaf)), params,
         is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
 
 

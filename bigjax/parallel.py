@@ -16,6 +16,7 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from bigjax import pytree
 from bigjax.errors import UserError
 
 AXES = ('data', 'fsdp', 'tensor')
@@ -104,7 +105,7 @@ def check_divisible(abstract_params, shardings) -> None:
             names = axes if isinstance(axes, tuple) else (axes,)
             ways = math.prod(sharding.mesh.shape[a] for a in names if a is not None)
             if size % ways:
-                name = '/'.join(str(getattr(k, 'key', k)) for k in path)
+                name = pytree.path_name(path)
                 raise UserError(
                     f'parameter {name} {tuple(leaf.shape)} cannot be split {ways} ways over mesh '
                     f'axes {axes} (dimension {size}): change config.mesh or the model size, or '

@@ -76,7 +76,7 @@ class Plan:
     def task(self) -> tasks.Task:
         """The task of this run's data (for images this reads the training split: its
         normalisation statistics)."""
-        return tasks.make_task(self.dataset, self.config.data, self.config.train.logits_chunk)
+        return tasks.make_task(self.dataset, self.config)
 
 
 def plan(config, workdir=None, *, devices=None, read_data: bool = True,
@@ -108,9 +108,7 @@ def plan(config, workdir=None, *, devices=None, read_data: bool = True,
         raise UserError(f'data.augment transforms images and {config.data.name!r} is '
                         f'{dataset.kind} data: leave data.augment at its defaults')
     _check_logits_chunk(config, dataset)
-    model = models.build_model(
-        config.model, dataset.kind, num_classes=dataset.num_classes,
-        vocab_size=dataset.vocab_size)
+    model = models.build_model(config.model, dataset)
     lora = finetune.uses_lora(config)
     frozen = finetune.frozen_predicate(config) if config.frozen or lora else None
     tx = optim.build_optimizer(config.optim, schedule.total_steps, frozen)

@@ -22,7 +22,7 @@ from etils import epath
 
 from bigjax import config as config_lib
 from bigjax import data as data_lib
-from bigjax import finetune, metrics, models, parallel, sample, viz, writers
+from bigjax import finetune, metrics, models, parallel, pytree, sample, viz, writers
 from bigjax import plan as plan_lib
 from bigjax import workdir as workdir_lib
 from bigjax.data import augment
@@ -36,6 +36,7 @@ SECTIONS = ('Summary', 'Metrics', 'Training', 'Evaluation', 'Data', 'Model', 'Sa
 GRID_EXAMPLES = 24
 MOST_CONFUSED = 16
 ATTENTION_INPUTS = 2
+CLASSIFICATION_KINDS = ('image', 'text_classification')  # with confusion matrices
 
 
 def from_workdir(config, workdir) -> epath.Path:
@@ -239,6 +240,9 @@ def _evaluation(plan, forward, state, figures: _Figures) -> str:
     if plan.dataset.kind == 'text_lm':
         return ('<p>Language model: loss, perplexity, bits per byte/character and next-token '
                 'accuracy are in the metrics table and curves.</p>')
+    if plan.dataset.kind not in CLASSIFICATION_KINDS:
+        return (f'<p>{html.escape(plan.dataset.kind)}: the task\'s metrics are in the metrics '
+                'table and curves.</p>')
     found = writers.read_latest_details(plan.workdir)
     if found is None:
         return '<p>No evaluation yet.</p>'
@@ -294,6 +298,10 @@ def _data(plan, figures: _Figures) -> str:
     dataset = plan.dataset
     if dataset.kind == 'image':
         return _image_data(plan, figures)
+    if dataset.kind not in ('text_lm', 'text_classification'):  # a kind of the user's own
+        return _table(['training array', 'shape', 'dtype'],
+                      [[name, str(array.shape), str(array.dtype)]
+                       for name, array in dataset.train.arrays.items()], numeric_from=3)
     tokens = dataset.train.arrays['tokens']
     tokenizer = dataset.tokenizer
     out = []
@@ -381,7 +389,7 @@ def _model(plan, forward, state, figures: _Figures) -> str:
                                       x, jax.sharding.PartitionSpec))):
         count = int(np.prod(leaf.shape))
         total += count
-        rows.append([finetune.param_name(path), str(tuple(leaf.shape)), f'{count:,}',
+        rows.append([pytree.path_name(path), str(tuple(leaf.shape)), f'{count:,}',
                      str(leaf.dtype), str(tuple(spec))])
     rows.append(['total', '', f'{total:,}', '', ''])
     out = ['<h3>Parameters</h3>', _table(['parameter', 'shape', 'count', 'dtype', 'sharding'],

@@ -70,7 +70,7 @@ def train_step(state: TrainState, batch: dict, *, model: nn.Module,
             outputs, model_state = _apply(model, state.replace(model_state=model_state), params,
                                           inputs, train=True, rng=dropout_rng,
                                           **task.model_kwargs)
-        sums = task.sums(outputs, micro_batch)
+        sums = metrics.train_sums(task.sums(outputs, micro_batch))
         return sums['loss_sum'], (sums, model_state)
 
     grad_fn = jax.grad(summed_loss, has_aux=True)

@@ -23,6 +23,7 @@ from typing import Any
 from etils import epath
 
 from bigjax import config as config_lib
+from bigjax import registry
 from bigjax import study_results as results
 from bigjax import workdir as workdir_lib
 from bigjax.errors import UserError
@@ -62,6 +63,7 @@ class Study:
     fixed: dict = dataclasses.field(default_factory=dict)
     search: str = 'grid'  # the default of --search
     trials: int = 0  # the default of --trials; 0 = the whole grid (grid) or 10
+    imports: tuple = ()  # modules imported first, here and in every trial (what they register)
 
 
 def check(study: Study, search: str) -> None:
@@ -73,6 +75,7 @@ def check(study: Study, search: str) -> None:
         raise UserError(f'Study.goal={study.goal!r} is not one of {list(GOALS)}')
     if not study.space:
         raise UserError(f'study {study.name!r} has an empty search space: name at least one key')
+    registry.import_modules(study.imports)
     config = config_lib.from_file(study.config)
     for key, values in list(study.space.items()) + [(k, [v]) for k, v in study.fixed.items()]:
         for name in (key if isinstance(key, tuple) else (key,)):
@@ -180,6 +183,7 @@ def run_trial(study: Study, overrides: dict, folder: str, env: dict | None = Non
     os.dup2(log, 1)  # this process's output, the training log included, goes to the trial's log
     os.dup2(log, 2)
     try:
+        registry.import_modules(study.imports)
         config = config_lib.from_file(study.config)
         config.report.enabled = False
         config.update_from_flattened_dict({**study.fixed, **overrides})
@@ -336,7 +340,11 @@ def main(study: Study) -> None:
                         help='trial budget; 0 = the study\'s default (grid: all)')
     parser.add_argument('--workers', type=int, default=1, help='trials run at once')
     parser.add_argument('--seed', type=int, default=0, help='random and bayes search seed')
+    parser.add_argument('--import', dest='imports', action='append', default=[],
+                        help='a module to import first, here and in every trial (one that '
+                             'registers your model, dataset or task); repeatable')
     args = parser.parse_args()
+    study = dataclasses.replace(study, imports=tuple(study.imports) + tuple(args.imports))
     try:
         rows = run(study, args.workdir, search=args.search, trials=args.trials,
                    workers=args.workers, seed=args.seed)

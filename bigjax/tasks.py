@@ -1,8 +1,12 @@
 """What training means for each kind of data: the model's input and the metric sums.
 
-image / text_classification: class logits against 'label'. text_lm: next-token logits against
-the tokens shifted by one. Evaluation batches carry 'mask' (False on padding rows); evaluation
-sums hold more statistics than training sums (bigjax/metrics.py).
+A task is registered for a dataset kind (`register`): a function (dataset, config) -> Task, and
+optionally the model input one example makes, for initialising parameters. bigjax's own kinds
+are registered here the same way: image / text_classification: class logits against 'label';
+text_lm: next-token logits against the tokens shifted by one. Evaluation batches carry 'mask'
+(False on padding rows). Metric sums hold at least 'loss_sum' (what training minimises, summed
+over examples or tokens) and 'count' (what it is divided by); bigjax/metrics.summarize turns
+'correct', 'confusion' and the rest into accuracy, F1 and so on where present.
 """
 
 import dataclasses
@@ -14,6 +18,7 @@ import jax.numpy as jnp
 
 from bigjax import data as data_lib
 from bigjax import metrics
+from bigjax.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,11 +30,32 @@ class Task:
     model_kwargs: dict = dataclasses.field(default_factory=dict)  # for the model's call
 
 
+@dataclasses.dataclass(frozen=True)
+class TaskEntry:
+    make: Callable  # (dataset, config) -> Task
+    sample_input: Callable  # dataset -> one example's model input
+
+
+TASKS = Registry('the dataset kind', 'bigjax.tasks.register')
+
+
+def register(kind: str, make: Callable, *, sample_input: Callable | None = None,
+             replace: bool = False) -> None:
+    """Datasets of `kind` train with `make(dataset, config)`. sample_input(dataset): one
+    example's model input, batch of 1 (default: int32 tokens of dataset.seq_len, or float32
+    images of dataset.image_shape)."""
+    TASKS.register(kind, TaskEntry(make, sample_input or _default_sample_input), replace=replace)
+
+
+def make_task(dataset: data_lib.Dataset, config) -> Task:
+    """The task for `dataset` under `config` (for images this reads the training split: its
+    normalisation statistics)."""
+    return TASKS.get(dataset.kind).make(dataset, config)
+
+
 def sample_input(dataset: data_lib.Dataset) -> jax.Array:
     """One example's model input (zeros), for initialising parameters."""
-    if dataset.kind == 'image':
-        return jnp.zeros((1, *dataset.image_shape), jnp.float32)
-    return jnp.zeros((1, dataset.seq_len), jnp.int32)
+    return TASKS.get(dataset.kind).sample_input(dataset)
 
 
 def tokens_per_example(dataset: data_lib.Dataset) -> int:
@@ -37,16 +63,10 @@ def tokens_per_example(dataset: data_lib.Dataset) -> int:
     return dataset.seq_len if dataset.kind == 'text_lm' else 0
 
 
-def make_task(dataset: data_lib.Dataset, data_config, logits_chunk: int = 0) -> Task:
-    """The task for `dataset`; for images this reads the training split (normalisation)."""
-    if dataset.kind == 'image':
-        stats = data_lib.normalization_stats(dataset.train.arrays['image'], dataset.pixel_max,
-                                             data_config.normalize)
-        return images(stats, data_config.augment, dataset.num_classes)
-    if dataset.kind == 'text_classification':
-        return text_classification(dataset.num_classes)
-    lengths = (None, None) if dataset.tokenizer is None else dataset.tokenizer.token_lengths()
-    return lm(lengths, logits_chunk)
+def _default_sample_input(dataset: data_lib.Dataset) -> jax.Array:
+    if dataset.image_shape:
+        return jnp.zeros((1, *dataset.image_shape), jnp.float32)
+    return jnp.zeros((1, dataset.seq_len), jnp.int32)
 
 
 def images(stats, augment_config, num_classes: int) -> Task:
@@ -102,3 +122,19 @@ def _lm_inputs(batch, rng, train):
 def _lm_targets(batch):
     mask = batch.get('mask')
     return batch['tokens'][:, 1:].astype(jnp.int32), None if mask is None else mask[:, None]
+
+
+def _make_images(dataset, config) -> Task:
+    stats = data_lib.normalization_stats(dataset.train.arrays['image'], dataset.pixel_max,
+                                         config.data.normalize)
+    return images(stats, config.data.augment, dataset.num_classes)
+
+
+def _make_lm(dataset, config) -> Task:
+    lengths = (None, None) if dataset.tokenizer is None else dataset.tokenizer.token_lengths()
+    return lm(lengths, config.train.logits_chunk)
+
+
+register('image', _make_images)
+register('text_classification', lambda dataset, config: text_classification(dataset.num_classes))
+register('text_lm', _make_lm)

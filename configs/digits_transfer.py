@@ -10,21 +10,8 @@ to the stage (e.g. finetune,smoke) for a few steps on a tiny CNN. configs/mnist_
 same study on tfds mnist.
 """
 
+from bigjax.config import parse_stage
 from configs import cnn_digits
-
-STAGES = ('pretrain', 'finetune', 'scratch')
-
-
-def parse_stage(arg: str | None) -> tuple[str, bool]:
-    """'finetune,smoke' -> ('finetune', True); no arg is the pretraining, 'smoke' its smoke."""
-    stage, _, smoke = (arg or 'pretrain').partition(',')
-    if stage == 'smoke':
-        stage, smoke = 'pretrain', 'smoke'
-    if stage not in STAGES or smoke not in ('', 'smoke'):
-        raise ValueError(f'unknown config arg {arg!r}; use one of {STAGES}, optionally with '
-                         '",smoke"')
-    return stage, bool(smoke)
-
 
 def split_digits(config, stage: str, smoke: bool, *, steps: int):
     """`config` (a 10-class CNN config) on classes 0-4 for pretraining; otherwise on 5-9 from 10

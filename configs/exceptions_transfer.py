@@ -15,12 +15,13 @@ experiments/transfer.py --task=exceptions runs all three and prints the comparis
 ",smoke" to the stage for a few steps of tiny models.
 """
 
+from bigjax.config import parse_stage
 from bigjax.data.python_exceptions import EXCEPTIONS
-from configs import digits_transfer, stdlib_transfer, transformer_cpu
+from configs import stdlib_transfer, transformer_cpu
 
 
 def get_config(arg: str | None = None):
-    stage, smoke = digits_transfer.parse_stage(arg)
+    stage, smoke = parse_stage(arg)
     config = transformer_cpu.get_config('smoke' if smoke else None)
     if stage == 'pretrain':
         return config

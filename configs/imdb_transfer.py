@@ -7,12 +7,12 @@ python experiments/transfer.py --task=imdb --workdir=/tmp/bigjax/imdb_transfer
 Stages and ",smoke" as in configs/stdlib_transfer.py.
 """
 
-from bigjax.config import default_config, shrink_to_smoke
-from configs import digits_transfer, stdlib_transfer
+from bigjax.config import default_config, parse_stage, shrink_to_smoke
+from configs import stdlib_transfer
 
 
 def get_config(arg: str | None = None):
-    stage, smoke = digits_transfer.parse_stage(arg)
+    stage, smoke = parse_stage(arg)
     config = default_config()
     config.data.name = 'imdb_reviews'
     config.data.train_split = 'unsupervised'

@@ -5,10 +5,11 @@ python experiments/transfer.py --task=mnist --workdir=/tmp/bigjax/mnist_transfer
 Stages and ",smoke" as in configs/digits_transfer.py.
 """
 
+from bigjax.config import parse_stage
 from configs import cnn_mnist, digits_transfer
 
 
 def get_config(arg: str | None = None):
-    stage, smoke = digits_transfer.parse_stage(arg)
+    stage, smoke = parse_stage(arg)
     return digits_transfer.split_digits(cnn_mnist.get_config('smoke' if smoke else None), stage,
                                         smoke, steps=500)

@@ -12,7 +12,8 @@ experiments/transfer.py --task=stdlib runs all three and prints the comparison. 
 the stage for a few steps of tiny models.
 """
 
-from configs import digits_transfer, transformer_cpu
+from bigjax.config import parse_stage
+from configs import transformer_cpu
 
 
 def lm_to_classifier(config, smoke: bool, *, labels_per_class: int, eval_split: str,
@@ -38,7 +39,7 @@ def lm_to_classifier(config, smoke: bool, *, labels_per_class: int, eval_split: 
 
 
 def get_config(arg: str | None = None):
-    stage, smoke = digits_transfer.parse_stage(arg)
+    stage, smoke = parse_stage(arg)
     config = transformer_cpu.get_config('smoke' if smoke else None)
     if stage == 'pretrain':
         return config

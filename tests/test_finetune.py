@@ -12,7 +12,7 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
-from bigjax import export, finetune, optim, train
+from bigjax import export, finetune, optim, pytree, train
 from bigjax import plan as plan_lib
 from bigjax.config import default_config
 from bigjax.errors import UserError
@@ -23,7 +23,7 @@ from conftest import REPO, load_config
 def params_in(folder) -> dict[str, np.ndarray]:
     """The parameters of the checkpoint folder (<folder>/state), by name."""
     state = ocp.PyTreeCheckpointer().restore(folder / 'state')
-    return {k: np.asarray(v) for k, v in finetune.flat(state['params']).items()}
+    return {k: np.asarray(v) for k, v in pytree.flat(state['params']).items()}
 
 
 def saved_params(workdir, step) -> dict[str, np.ndarray]:
@@ -127,15 +127,15 @@ def test_lora_starts_as_the_base_model_and_merges_into_it():
     lora_cfg, lora = small_lm(lora_rank=4, lora_targets=('qkv', 'out', 'up', 'gate', 'down'))
     tokens = jnp.arange(24).reshape(2, 12) % 50
     base_params = nn.unbox(base.init(jax.random.PRNGKey(0), tokens, train=False)['params'])
-    adapters = {n: v for n, v in finetune.flat(nn.unbox(lora.init(
+    adapters = {n: v for n, v in pytree.flat(nn.unbox(lora.init(
         jax.random.PRNGKey(1), tokens, train=False)['params'])).items() if '_lora_' in n}
     assert len(adapters) == 2 * 5 * 2  # a and b, five targets, two blocks
-    params = finetune.unflat({**finetune.flat(base_params), **adapters})
+    params = pytree.unflat({**pytree.flat(base_params), **adapters})
     base_out = base.apply({'params': base_params}, tokens, train=False)
     np.testing.assert_array_equal(lora.apply({'params': params}, tokens, train=False), base_out)
-    trained = finetune.unflat({n: v + 0.05 * jax.random.normal(jax.random.PRNGKey(2), v.shape)
+    trained = pytree.unflat({n: v + 0.05 * jax.random.normal(jax.random.PRNGKey(2), v.shape)
                                if n.endswith('_lora_b') else v
-                               for n, v in finetune.flat(params).items()})
+                               for n, v in pytree.flat(params).items()})
     unmerged = lora.apply({'params': trained}, tokens, train=False)
     merged = base.apply({'params': finetune.merge_lora(trained, lora_cfg)}, tokens, train=False)
     assert float(jnp.abs(unmerged - base_out).max()) > 1e-2  # the adapters do something
@@ -149,7 +149,7 @@ def test_lora_fine_tuning_trains_only_the_adapters(tmp_path):
     config.init_from.path = str(tmp_path / 'source')
     plan = plan_lib.plan(config, tmp_path / 'lora')
     trainable, total = finetune.parameter_counts(plan.abstract_state.params, plan.frozen)
-    adapters = sum(np.prod(v.shape) for n, v in finetune.flat(plan.abstract_state.params).items()
+    adapters = sum(np.prod(v.shape) for n, v in pytree.flat(plan.abstract_state.params).items()
                    if '_lora_' in n)
     assert trainable == adapters and total > 10 * trainable  # the LM has no head: tied embedding
     train.run(config, tmp_path / 'lora')
@@ -169,7 +169,7 @@ def test_lora_fine_tuning_trains_only_the_adapters(tmp_path):
     plain = dataclasses.replace(plan.model, cfg=dataclasses.replace(plan.model.cfg, lora_rank=0))
     tokens = jnp.arange(64).reshape(2, 32) % 200
     np.testing.assert_allclose(
-        plain.apply({'params': finetune.unflat(exported)}, tokens, train=False),
+        plain.apply({'params': pytree.unflat(exported)}, tokens, train=False),
         plan.model.apply({'params': state.params}, tokens, train=False), atol=2e-5)
     merged_config = load_config('transformer_cpu', 'smoke')
     merged_config.init_from.path = str(tmp_path / 'export')
@@ -235,7 +235,7 @@ def test_text_demos_fine_tune_the_pretrained_lm_into_a_classifier(task, fresh, t
                                      finetune.load(classifier.load_plan))
         logits = classifier.model.apply({'params': state.params}, tokens, train=False)
         lm_logits = TransformerLM(classifier.model.cfg, classifier.dataset.vocab_size).apply(
-            {'params': finetune.unflat(lm)}, tokens, train=False)
+            {'params': pytree.unflat(lm)}, tokens, train=False)
         last = (tokens != 0).sum(1) - 1
         np.testing.assert_allclose(
             logits, lm_logits[np.arange(8), last][:, list(plan.head_tokens)],

@@ -2,6 +2,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from bigjax import data
 from bigjax.config import default_config
 from bigjax.errors import UserError
 from bigjax.models import build_model
@@ -53,9 +54,15 @@ def test_dropout_only_in_training():
     assert not jnp.allclose(eval_a, train_a)
 
 
+def image_data(num_classes: int) -> data.Dataset:
+    unread = data.Split(0, dict)
+    return data.Dataset('test', 'image', unread, unread, num_classes=num_classes,
+                        image_shape=(8, 8, 1))
+
+
 def test_build_model_from_config():
     config = default_config()
-    model = build_model(config.model, 'image', num_classes=4)
+    model = build_model(config.model, image_data(num_classes=4))
     assert isinstance(model, SimpleCNN) and model.num_classes == 4
     assert model.features == (32, 64)
 
@@ -69,7 +76,7 @@ def test_unknown_options_are_clear_errors(options, message):
     config = default_config()
     config.model.cnn.update(options)
     with pytest.raises(UserError, match=message):
-        build_model(config.model, 'image', num_classes=10)
+        build_model(config.model, image_data(num_classes=10))
 
 
 def test_input_too_small_is_a_clear_error():

@@ -1,12 +1,20 @@
-"""Input pipeline: sources (tfds, offline builders, synthetic), text preprocessing and
-tokenizers, caching, deterministic batching, prefetch, and on-device transforms.
+"""Input pipeline: sources (tfds, offline builders, synthetic, your own registered datasets),
+text preprocessing and tokenizers, caching, deterministic batching, prefetch, and on-device
+transforms.
 
 TensorFlow and tfds are imported lazily, only when a tfds dataset is opened.
 """
 
-from bigjax.data.datasets import KINDS, Dataset, Split, open_dataset
+from bigjax.data import describe as _describe
+from bigjax.data import image_folder, text_files
+from bigjax.data.core import DATASETS, Dataset, Split, register
+from bigjax.data.datasets import open_dataset, synthetic
 from bigjax.data.describe import batch_shapes, describe
 from bigjax.data.iterator import ArrayTrainIterator, eval_batches
 from bigjax.data.prefetch import prefetch
 from bigjax.data.transforms import (check_normalization, image_inputs, normalization_stats,
                                     normalize)
+
+register('synthetic', synthetic)
+register('text_files', text_files.open_text_files, describe=_describe.text_files)
+register('image_folder', image_folder.open_image_folder)  # lists the files, decodes on use

@@ -9,56 +9,23 @@ grow with the corpus.
 """
 
 import dataclasses
-import functools
 import json
 import logging
 import tempfile
-from typing import Callable, Iterator
+from typing import Iterator
 
 import jax
 import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
-from bigjax.data import cache, encode, image_folder, sources, text, text_files, tokenizers
+from bigjax.data import cache, encode, sources, text, tokenizers
+from bigjax.data.core import DATASETS, Dataset, Split
 from bigjax.errors import UserError
 
 log = logging.getLogger('bigjax')
-KINDS = ('image', 'text_lm', 'text_classification')
 READ_RECORDS = 1024  # records read from a split at a time
 SAMPLE_RECORDS = 256  # documents in a block of a tokenizer's sample (tokenizers.sample)
-
-
-@dataclasses.dataclass(frozen=True)
-class Split:
-    """One split: its size now, its arrays on demand (decoding happens on first access)."""
-
-    num_examples: int
-    read_fn: Callable[[], dict[str, np.ndarray]]
-
-    def __len__(self) -> int:
-        return self.num_examples
-
-    @functools.cached_property
-    def arrays(self) -> dict[str, np.ndarray]:
-        return self.read_fn()
-
-
-@dataclasses.dataclass(frozen=True)
-class Dataset:
-    """Train and eval splits and what a model needs to know about them."""
-
-    name: str
-    kind: str  # one of KINDS
-    train: Split
-    eval: Split
-    num_classes: int = 0  # classification kinds
-    class_names: tuple = ()  # classification kinds: one per class
-    image_shape: tuple = ()  # 'image'
-    pixel_max: float = 0.0  # 'image': the largest pixel value
-    seq_len: int = 0  # text kinds
-    vocab_size: int = 0  # text kinds
-    tokenizer: tokenizers.Tokenizer | None = None  # text kinds (None for synthetic tokens)
 
 
 def open_dataset(data_config) -> Dataset:
@@ -106,12 +73,15 @@ def select(dataset: Dataset, classes: tuple, train_per_class: int) -> Dataset:
 
 
 def _open(data_config) -> Dataset:
-    if data_config.name == 'synthetic':
-        return synthetic(data_config)
-    if data_config.name == 'text_files':
-        return text_files.open_text_files(data_config)
-    if data_config.name == 'image_folder':
-        return image_folder.open_image_folder(data_config)
+    name = data_config.name
+    if name in DATASETS:
+        return DATASETS.get(name).open(data_config)
+    return open_tfds(data_config)
+
+
+def open_tfds(data_config) -> Dataset:
+    """The tfds dataset data.name (prepared first if it has to be): images and labels, or
+    text for a language model or a classifier."""
     builder = sources.open_builder(data_config)
     features = builder.info.features
     if 'image' in features:

@@ -5,8 +5,8 @@ import dataclasses
 
 import numpy as np
 
-from bigjax.data import datasets, image_folder, sources, text, tokenizers
-from bigjax.data.datasets import Dataset, Split
+from bigjax.data import datasets, sources, text, tokenizers
+from bigjax.data.core import DATASETS, Dataset, Split
 from bigjax.errors import UserError
 
 BYTE_VOCAB = tokenizers.ByteTokenizer.vocab_size
@@ -15,14 +15,12 @@ BYTE_VOCAB = tokenizers.ByteTokenizer.vocab_size
 def describe(data_config) -> Dataset:
     """The Dataset `open_dataset` would return, with its kind, classes, shapes and vocabulary
     size, and splits that cannot be read. A BPE vocabulary counts data.text.vocab_size ids (the
-    size it reaches on any corpus large enough)."""
+    size it reaches on any corpus large enough). A registered dataset without a describe
+    function is opened (its splits read when used)."""
     name = data_config.name
-    if name == 'synthetic':
-        return _selected(datasets.synthetic(data_config), data_config)  # made when read
-    if name == 'image_folder':  # lists the files, decodes none
-        return _selected(image_folder.open_image_folder(data_config), data_config)
-    if name == 'text_files':
-        return _text(data_config, 'lm', ())
+    if name in DATASETS:
+        entry = DATASETS.get(name)
+        return _selected((entry.describe or entry.open)(data_config), data_config)
     features = sources.open_builder(data_config).info.features
     if 'image' in features and 'label' in features and None not in features['image'].shape:
         return _selected(Dataset(name, 'image', _UNREAD, _UNREAD,
@@ -40,6 +38,11 @@ def describe(data_config) -> Dataset:
     if task == 'classification':
         names = datasets.class_names(features, t.label_feature)
     return _selected(_text(data_config, task, names), data_config)
+
+
+def text_files(data_config) -> Dataset:
+    """data.name='text_files' described: windows of tokens for a language model."""
+    return _text(data_config, 'lm', ())
 
 
 def _selected(dataset: Dataset, data_config) -> Dataset:
@@ -74,14 +77,19 @@ _UNREAD = Split(0, _not_read)
 def batch_shapes(dataset: Dataset, batch_size: int, *, eval_batch: bool = False
                  ) -> dict[str, tuple[tuple, np.dtype]]:
     """{name: (shape, dtype)} of a global batch of `dataset` as the iterators yield it
-    (evaluation batches also carry 'mask')."""
+    (evaluation batches also carry 'mask'). Kinds other than bigjax's own take each array's
+    row shape and dtype from their training split."""
     if dataset.kind == 'image':
-        shapes = {'image': ((batch_size, *dataset.image_shape), np.dtype(np.uint8))}
-    else:
+        shapes = {'image': ((batch_size, *dataset.image_shape), np.dtype(np.uint8)),
+                  'label': ((batch_size,), np.dtype(np.int32))}
+    elif dataset.kind in ('text_lm', 'text_classification'):
         length = dataset.seq_len + (1 if dataset.kind == 'text_lm' else 0)
         shapes = {'tokens': ((batch_size, length), np.dtype(text.token_dtype(dataset.vocab_size)))}
-    if dataset.kind != 'text_lm':
-        shapes['label'] = ((batch_size,), np.dtype(np.int32))
+        if dataset.kind == 'text_classification':
+            shapes['label'] = ((batch_size,), np.dtype(np.int32))
+    else:
+        shapes = {name: ((batch_size, *array.shape[1:]), array.dtype)
+                  for name, array in dataset.train.arrays.items()}
     if eval_batch:
         shapes['mask'] = ((batch_size,), np.dtype(np.bool_))
     return shapes

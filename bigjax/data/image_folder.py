@@ -13,6 +13,7 @@ import os
 import numpy as np
 
 from bigjax.data import cache
+from bigjax.data.core import Dataset, Split
 from bigjax.data.text_files import cache_dir, expand, signature
 from bigjax.errors import UserError
 
@@ -77,7 +78,6 @@ def decode(path: str, shape: tuple) -> np.ndarray:
 
 def open_image_folder(data_config):
     """The Dataset (kind image) of the folder data.paths."""
-    from bigjax.data.datasets import Dataset, Split
     shape = tuple(data_config.image_shape)
     if len(shape) != 3 or min(shape) < 1 or shape[2] not in (1, 3):
         raise UserError(f'data.image_shape={shape} must be (height, width, 1 or 3)')

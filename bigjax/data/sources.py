@@ -16,6 +16,7 @@ import jax
 from etils import epath
 from jax.experimental import multihost_utils
 
+from bigjax.data.core import DATASETS
 from bigjax.errors import UserError
 
 # Local tfds builders, registered with tfds when their module is imported.
@@ -52,7 +53,8 @@ def open_builder(data_config):
     except tfds.core.registered.DatasetNotFoundError:
         raise UserError(
             f'unknown dataset {name!r}: use a tfds name (https://www.tensorflow.org/datasets/catalog), '
-            f'one of the offline datasets {sorted(LOCAL_BUILDERS)}, or "synthetic"') from None
+            f'one of the offline datasets {sorted(LOCAL_BUILDERS)}, or one registered with '
+            f'bigjax.data.register: {DATASETS.names()}') from None
 
 
 def open_split(builder, split: str, data_config) -> TfdsSplit:

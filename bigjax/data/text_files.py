@@ -15,6 +15,7 @@ import os
 from etils import epath
 
 from bigjax.data import cache, encode, sources, text, tokenizers
+from bigjax.data.core import Dataset, Split
 from bigjax.errors import UserError
 
 
@@ -72,7 +73,6 @@ def split_documents(docs: list[str], val_fraction: float) -> tuple[list[str], li
 
 def open_text_files(data_config):
     """The Dataset (kind text_lm) of data.paths."""
-    from bigjax.data.datasets import Dataset, Split
     t = data_config.text
     tokenizers.check(t)
     if not 0 < data_config.val_fraction < 1:

@@ -26,12 +26,12 @@ class SimpleCNN(nn.Module):
     num_classes: int = 10
     features: Sequence[int] = (32, 64)
     kernel_size: int = 3
-    padding: str = 'VALID'
-    pooling: str = 'none'
-    hidden: int = 128
+    padding: str = 'VALID'  # PADDINGS
+    pooling: str = 'none'  # POOLINGS: after each conv, 2x2
+    hidden: int = 128  # the hidden dense layer's width
     dropout: float = 0.0
     batch_norm: bool = False
-    activation: str = 'relu'
+    activation: str = 'relu'  # ACTIVATIONS
 
     def check(self) -> None:
         """Raises UserError for option values this module does not know."""

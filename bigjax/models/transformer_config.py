@@ -30,19 +30,21 @@ class TransformerConfig:
     num_heads: int = 4
     num_kv_heads: int = 0  # 0 = num_heads (multi-head); fewer = grouped-query attention
     mlp_dim: int = 1024
-    mlp: str = 'gelu'
-    norm: str = 'layernorm'
-    positions: str = 'learned'
+    mlp: str = 'gelu'  # MLPS
+    norm: str = 'layernorm'  # NORMS
+    positions: str = 'learned'  # POSITIONS
     max_len: int = 256  # longest sequence (tokens, or patches + class token for ViT)
     dropout: float = 0.0
     tied_embeddings: bool = True  # LM: the output layer reuses the token embedding
     # 'dot_product': jax.nn.dot_product_attention (cuDNN on GPU); 'fused': a C++ kernel for
     # causal float32 attention on CPU (built on first use), dot_product on GPU/TPU
     attention: str = 'einops'
-    dtype: str = 'float32'  # compute
+    dtype: str = 'float32'  # compute: DTYPES
     param_dtype: str = 'float32'  # storage
-    remat: str = 'none'  # REMAT_POLICIES: what a block recomputes in the backward pass
-    scan_layers: bool = False  # the blocks as one nn.scan (Encoder)
+    # What each block recomputes in the backward pass instead of storing: 'none', 'block'
+    # (everything but its input) or 'dots' (keeps the projections' outputs): REMAT_POLICIES
+    remat: str = 'none'
+    scan_layers: bool = False  # the blocks as one nn.scan (Encoder): one compiled block
     patch_size: int = 4  # ViT
     pool: str = 'cls'  # classifier and ViT: the class token, the mean of the tokens, or (text
     # classifier) 'last': causal attention and the last token's state, as in a decoder LM
