@@ -202,7 +202,7 @@ def _advice(where: str, total: float, temporaries: float, chip: hardware.Chip,
     t = config.model.transformer
     levers = []
     if temporaries >= total / 2:
-        if config.model.name != 'cnn':
+        if models.uses_transformer_options(config.model):
             if t.remat == 'none':
                 levers.append("--config.model.transformer.remat=block")
             if t.attention != 'fused':
