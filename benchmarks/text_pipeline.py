@@ -6,11 +6,12 @@ fresh process with the bigjax cache of that corpus deleted first, opens it with
 configs/transformer_tpu.py's data config (BPE 32,768 learnt from data.text.tokenizer_sample
 characters, whitespace collapse, windows of 512): reading, cleaning, the tokenizer, tokenizing and
 packing the train and test splits. Prints sentences per minute, the tokenizer's share, the main
-thread's CPU time (the serial part: reading, cleaning, packing), peak RSS (VmHWM over the process's
-life, imports included), the cache size and the load average the run saw (other work on the
-machine slows it), and extrapolates to lm1b's 30.3 M training sentences. --old=COMMIT also runs bigjax as of that commit (git archive
-into a temporary folder) on --old_sizes, beside the current code on the same corpus, and says
-whether both wrote the same tokens.
+thread's CPU time (the serial part: reading, cleaning, packing, and encoding when the BPE runs in
+line), peak RSS (VmHWM over the process's life, imports included), the cache size and the load
+average the run saw (other work on the machine slows it), and extrapolates to lm1b's 30.3 M
+training sentences. --old=COMMIT also runs bigjax as of that commit (git archive into a temporary
+folder) on --old_sizes, beside the current code on the same corpus, and says whether both wrote
+the same tokens.
 
 python benchmarks/text_pipeline.py [--sizes=1m,3m] [--old=3b08800 --old_sizes=100k]
 python benchmarks/text_pipeline.py --reads --sizes=1m   # read rates alone
@@ -88,6 +89,7 @@ def worker(size: str, data_dir: str) -> dict:
             'cpu_seconds': cpu, 'main_thread_cpu_seconds': main_thread,
             'tokens_main_thread_cpu_seconds': main_thread - timed['tokenizer_main_thread'],
             'load_average': (load + os.getloadavg()[0]) / 2,
+            'encodes_in_parallel': getattr(dataset.tokenizer, 'encodes_in_parallel', True),
             'peak_rss_after_tokenizer_mb': timed['peak_rss_after_tokenizer_mb'],
             'peak_rss_mb': peak, 'rss_after_imports_mb': baseline,
             'tokens_per_sentence': tokens.shape[0] * (tokens.shape[1] - 1)
@@ -224,8 +226,11 @@ def main() -> None:
               f'{last["size"]}: {minutes:.0f} minutes on this machine, cache {cache_gb:.1f} GB, '
               f'peak RSS {last["peak_rss_mb"]:.0f} MB + 8 bytes a sentence for the duplicate '
               f'filter ({8 * LM1B_TRAIN_SENTENCES / 2**20:.0f} MB, twice that while merging). '
-              f'With the encoding spread over many cores, the serial part (the main thread: '
-              f'{serial * 1e6:.0f} us a sentence) plus this tokenizer time is {floor:.0f} minutes.')
+              + (f'With the encoding spread over many cores, the serial part (the main thread: '
+                 f'{serial * 1e6:.0f} us a sentence) plus this tokenizer time is {floor:.0f} '
+                 'minutes.' if last['encodes_in_parallel'] else
+                 'The BPE encoded in line (tokenizers.PieceMemo, a host of at most '
+                 'MEMO_MAX_CPUS cores); with more cores it runs on its own threads.'))
 
 
 if __name__ == '__main__':

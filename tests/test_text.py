@@ -256,6 +256,41 @@ def test_bpe_tokenizer_trains_compresses_and_round_trips():
     assert PAD_ID not in ids and EOS_ID not in ids
 
 
+def test_ascii_pieces_are_the_bpe_pre_tokenizers_pieces():
+    """PieceMemo splits ASCII text exactly as Hugging Face's byte-level pre-tokenizer does."""
+    bpe = tokenizers.BpeTokenizer(tokenizers.train_bpe([SAMPLE], vocab_size=300))
+    to_char = {c: chr(b) for b, c in tokenizers._byte_level_chars().items()}
+    rng = np.random.default_rng(0)
+    units = list("ab Z9'\t\n\r.,_-") + ["'s", "'t", "'re", "'ve", "'m", "'ll", "'d", "'S"]
+    for _ in range(3000):
+        text_ = ''.join(rng.choice([chr(i) for i in range(128)] + units * 8, rng.integers(0, 16)))
+        theirs = [''.join(map(to_char.get, p))
+                  for p, _ in bpe._tokenizer.pre_tokenizer.pre_tokenize_str(text_)]
+        assert tokenizers.ASCII_PIECES.findall(text_) == theirs, repr(text_)
+
+
+def test_memoised_bpe_equals_hugging_face_on_any_text(monkeypatch):
+    """The memoised path gives Hugging Face's ids for ASCII, mixed and non-ASCII documents, with
+    special-token names and empty documents among them, across batches and a cleared memo;
+    '<eos>' written in a document is text, never the end-of-document id."""
+    corpus = [SAMPLE * 3, "It's 2 o'clock -- isn't it?  Yes.\n\tdone_1 x\x1c y", 'Caf\u00e9 na\u00efve \u00bd']
+    json_text = tokenizers.train_bpe(corpus * 10, vocab_size=400)
+    plain = tokenizers.BpeTokenizer(json_text, memoise=False)
+    memoised = tokenizers.BpeTokenizer(json_text, memoise=True)
+    assert memoised._memo is not None and plain.name == memoised.name
+    rng = np.random.default_rng(1)
+    words = ' '.join(corpus).replace('\n', ' \n ').split(' ') + ['<eos>', '<pad>', '', '  ']
+    docs = [' '.join(rng.choice(words, rng.integers(0, 30))) for _ in range(400)]
+    monkeypatch.setattr(tokenizers.PieceMemo, 'MAX_PIECES', 50)
+    for batch in (docs[:150], docs[150:], docs[150:], []):
+        for mine, theirs in zip(memoised.encode_batch(batch), plain.encode_batch(batch),
+                                strict=True):
+            np.testing.assert_array_equal(mine, theirs)
+            assert mine.dtype == np.int32 and EOS_ID not in mine and PAD_ID not in mine
+    distinct = {p for d in docs if d.isascii() for p in tokenizers.ASCII_PIECES.findall(d)}
+    assert len(memoised._memo._index) < len(distinct)  # it was cleared on the way
+
+
 @pytest.mark.parametrize('overrides, message', [
     ({'tokenizer': 'wordpiece'}, 'data.text.tokenizer'),
     ({'tokenizer': 'bpe', 'vocab_size': 100}, 'data.text.vocab_size'),

@@ -1,9 +1,9 @@
 """Cleaned documents to token arrays in a cache folder, a chunk at a time, in bounded memory.
 
 Documents are grouped into chunks of about CHUNK_CHARS characters; each chunk is encoded with
-the tokenizer's encode_batch (Hugging Face's BPE runs it on all cores without holding the GIL,
-so the next chunk is read and cleaned meanwhile), packed or padded, and appended to .npy files
-(cache.ArrayWriter). Only a couple of chunks are held at a time, whatever the corpus size.
+the tokenizer's encode_batch (when that runs on all cores without holding the GIL, as Hugging
+Face's BPE does, the next chunk is read and cleaned meanwhile), packed or padded, and appended to
+.npy files (cache.ArrayWriter). Only a couple of chunks are held at a time, whatever the corpus size.
 """
 
 from concurrent import futures
@@ -69,11 +69,17 @@ def _labels(labels: list) -> np.ndarray | None:
 
 
 def _encoded(blocks: Blocks, tokenizer: Tokenizer):
-    """(chunk, token ids per document) for each chunk of `blocks`, in order; the next chunk is
-    read while this one is encoded on a worker thread."""
+    """(chunk, token ids per document) for each chunk of `blocks`, in order. A tokenizer that
+    encodes in parallel outside the GIL works on a chunk while the next one is read; any other
+    encodes in line (a second Python thread would only contend for the GIL)."""
+    chunks = _chunks(blocks, CHUNK_CHARS)
+    if not tokenizer.encodes_in_parallel:
+        for chunk in chunks:
+            yield chunk, tokenizer.encode_batch(chunk[0])
+        return
     with futures.ThreadPoolExecutor(1) as worker:
         pending = None
-        for chunk in _chunks(blocks, CHUNK_CHARS):
+        for chunk in chunks:
             encoding = worker.submit(tokenizer.encode_batch, chunk[0])
             if pending:
                 yield pending[0], pending[1].result()

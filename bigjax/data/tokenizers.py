@@ -7,6 +7,10 @@ of the training text's characters (others become one unknown id).
 """
 
 import hashlib
+import itertools
+import json
+import os
+import re
 from typing import Callable, Iterable, Iterator, Protocol
 
 import numpy as np
@@ -18,10 +22,22 @@ EOS_ID = 1
 UNKNOWN_ID = 2  # 'char': a character the training text does not have
 TOKENIZERS = ('byte', 'char', 'bpe')
 
+# Hugging Face's byte-level pre-tokenizer pattern (GPT-2's) for ASCII text, where Python's re
+# classes can state it exactly (tests compare it with the tokenizer's own pre-tokenizer).
+_SPACE = r'\t\n\x0b\x0c\r '
+ASCII_PIECES = re.compile(rf"'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^{_SPACE}A-Za-z0-9]+"
+                          rf"|[{_SPACE}]+(?![^{_SPACE}])|[{_SPACE}]+")
+# Hosts with at most this many cores encode ASCII text through PieceMemo, in line: an lm1b-like
+# sentence costs Hugging Face's BPE ~90 us of CPU and PieceMemo ~20 us on one core (measured,
+# benchmarks/README.md). From 4 cores on, Hugging Face's threads should be as fast, beside the
+# reading (an estimate from those costs).
+MEMO_MAX_CPUS = 3
+
 
 class Tokenizer(Protocol):
     name: str  # identifies the exact vocabulary, for cache keys
     vocab_size: int
+    encodes_in_parallel: bool  # encode_batch runs on several cores, outside Python's GIL
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]: ...
 
@@ -37,6 +53,7 @@ class ByteTokenizer:
 
     name = 'byte'
     vocab_size = 258
+    encodes_in_parallel = False
     _offset = 2
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
@@ -55,13 +72,28 @@ class ByteTokenizer:
 class BpeTokenizer:
     """A byte-level BPE model (Hugging Face `tokenizers`) from its JSON serialisation."""
 
-    def __init__(self, json_text: str):
+    def __init__(self, json_text: str, memoise: bool | None = None):
+        """memoise: encode ASCII documents through PieceMemo (None: on hosts of at most
+        MEMO_MAX_CPUS cores, when the tokenizer is the plain byte-level BPE that train_bpe makes)."""
         from tokenizers import Tokenizer as HfTokenizer
         self._tokenizer = HfTokenizer.from_str(json_text)
+        self._tokenizer.encode_special_tokens = True  # '<eos>' in a document is text, not id 1
         self.vocab_size = self._tokenizer.get_vocab_size()
         self.name = f'bpe{self.vocab_size}-{hashlib.sha256(json_text.encode()).hexdigest()[:12]}'
+        if memoise is None:
+            memoise = len(os.sched_getaffinity(0)) <= MEMO_MAX_CPUS
+        self._memo = PieceMemo(self._encode) if memoise and _plain_byte_level(json_text) else None
+        self.encodes_in_parallel = self._memo is None
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        if self._memo is None:
+            return self._encode(texts)
+        is_ascii = [t.isascii() for t in texts]
+        memoised = iter(self._memo.encode([t for t, a in zip(texts, is_ascii) if a]))
+        others = iter(self._encode([t for t, a in zip(texts, is_ascii) if not a]))
+        return [next(memoised) if a else next(others) for a in is_ascii]
+
+    def _encode(self, texts: list[str]) -> list[np.ndarray]:
         return [np.asarray(e.ids, np.int32) for e in self._tokenizer.encode_batch(texts)]
 
     def decode(self, ids) -> str:
@@ -76,11 +108,70 @@ class BpeTokenizer:
         return _lengths(tokens)
 
 
+class PieceMemo:
+    """Byte-level BPE of ASCII texts with each distinct piece (a word with its leading space, a
+    number, a run of punctuation or spaces: ASCII_PIECES) encoded by `encode` once, then looked
+    up. BPE never merges across pieces, so the ids equal encoding the whole text. Holds at most
+    MAX_PIECES pieces (cleared when full): memory stays bounded whatever the corpus."""
+
+    MAX_PIECES = 1 << 18
+
+    def __init__(self, encode: Callable[[list[str]], list[np.ndarray]]):
+        self._encode = encode
+        self._clear()
+
+    def _clear(self):
+        self._index: dict[str, int] = {}
+        self._ids = np.zeros(0, np.int32)  # every piece's ids, one after another
+        self._start = np.zeros(0, np.int64)  # where each piece's ids begin in _ids
+        self._length = np.zeros(0, np.int64)
+
+    def encode(self, texts: list[str]) -> list[np.ndarray]:
+        pieces = [ASCII_PIECES.findall(t) for t in texts]
+        flat = list(itertools.chain.from_iterable(pieces))
+        new = set(flat).difference(self._index)
+        if len(self._index) + len(new) > self.MAX_PIECES:
+            self._clear()
+            new = set(flat)
+        if new:
+            self._add(sorted(new))
+        index = np.fromiter(map(self._index.__getitem__, flat), np.int64, len(flat))
+        lengths = self._length[index]
+        ends = np.cumsum(lengths)
+        positions = (np.arange(ends[-1] if len(ends) else 0)
+                     + np.repeat(self._start[index] - (ends - lengths), lengths))
+        ids = self._ids[positions]
+        piece_ends = np.concatenate([np.zeros(1, np.int64), ends])
+        text_ends = piece_ends[np.cumsum([0] + [len(p) for p in pieces])].tolist()
+        return [ids[start:end] for start, end in zip(text_ends[:-1], text_ends[1:])]
+
+    def _add(self, new: list[str]) -> None:
+        ids = self._encode(new)
+        lengths = np.asarray([len(i) for i in ids], np.int64)
+        self._index.update(zip(new, range(len(self._index), len(self._index) + len(new))))
+        self._start = np.concatenate([self._start, len(self._ids) + np.cumsum(lengths) - lengths])
+        self._length = np.concatenate([self._length, lengths])
+        self._ids = np.concatenate([self._ids, *ids]).astype(np.int32)
+
+
+def _plain_byte_level(json_text: str) -> bool:
+    """Whether a tokenizer is byte-level BPE and nothing else (no normaliser, post-processor or
+    dropout; GPT-2's pattern, no prefix space): what PieceMemo reproduces exactly."""
+    spec = json.loads(json_text)
+    pre = spec.get('pre_tokenizer') or {}
+    model = spec.get('model') or {}
+    return (spec.get('normalizer') is None and spec.get('post_processor') is None
+            and pre.get('type') == 'ByteLevel' and not pre.get('add_prefix_space')
+            and pre.get('use_regex', True) and model.get('type') == 'BPE'
+            and model.get('dropout') is None)
+
+
 class CharTokenizer:
     """One id per distinct character of the training text, in code point order, after the pad,
     end-of-document and unknown ids (nanoGPT's character-level setting)."""
 
     _offset = 3
+    encodes_in_parallel = False
 
     def __init__(self, chars: str):
         self.chars = chars
