@@ -1,7 +1,9 @@
 """Orbax checkpoints of a run: train state, the open metric window, data position and config.
 
 Saves are asynchronous and atomic (Orbax writes a temporary folder and renames it when done), so
-a kill at any moment leaves the previous checkpoints intact; the newest `keep` are kept.
+a kill at any moment leaves the previous checkpoints intact; the newest `keep` are kept. A save
+that fails (a full disk) is a one-line UserError; a checkpoint that cannot be read is moved aside
+to <workdir>/checkpoints.damaged, never deleted.
 """
 
 import jax
@@ -9,8 +11,10 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from bigjax import pytree
+from bigjax import workdir as workdir_lib
 from bigjax.errors import UserError
 
+DAMAGED_DIR = 'checkpoints.damaged'
 
 
 class Checkpointer:
@@ -50,9 +54,24 @@ class Checkpointer:
 
     def save(self, step: int, state, window, data_state: dict, config_json: dict) -> None:
         """Starts an asynchronous save; the previous one is finished first."""
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), window=ocp.args.StandardSave(window),
-            data=ocp.args.JsonSave(data_state), config=ocp.args.JsonSave(config_json)))
+        try:
+            self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), window=ocp.args.StandardSave(window),
+                data=ocp.args.JsonSave(data_state), config=ocp.args.JsonSave(config_json)))
+        except Exception as e:  # Orbax raises ValueError, OSError, ... for a failed write.
+            raise workdir_lib.write_failed(self.directory, e) from None
+
+    def move_aside(self, step: int) -> epath.Path:
+        """Moves the checkpoint at `step` to <workdir>/checkpoints.damaged/<step>; returns where."""
+        target = self.directory.parent / DAMAGED_DIR / str(step)
+        suffix = 0
+        while target.exists():
+            suffix += 1
+            target = target.parent / f'{step}.{suffix}'
+        target.parent.mkdir(parents=True, exist_ok=True)
+        (self.directory / str(step)).rename(target)
+        self.manager.reload()
+        return target
 
     def saved_config(self, step: int) -> dict:
         """The resolved config (as JSON) of the run that wrote the checkpoint at `step`."""
@@ -68,12 +87,17 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Blocks until a save in flight is on disk."""
-        self.manager.wait_until_finished()
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            raise workdir_lib.write_failed(self.directory, e) from None
 
     def close(self) -> None:
         """Waits for a save in flight, then releases the manager."""
-        self.wait()
-        self.manager.close()
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
 
     def __enter__(self):
         return self

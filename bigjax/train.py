@@ -20,6 +20,7 @@ from bigjax import plan as plan_lib
 from bigjax import workdir as workdir_lib
 from bigjax.checkpoint import Checkpointer
 from bigjax.errors import UserError
+from bigjax.preemption import Preemption
 from bigjax.writers import log
 
 
@@ -27,13 +28,15 @@ def run(config, workdir, *, stop_at_step: int | None = None) -> dict | None:
     """Trains as `config` says in `workdir`, resuming from its latest checkpoint.
 
     Returns the final eval metrics. With `stop_at_step`, training stops after that step is
-    checkpointed (staged training, or a stand-in for preemption) and returns None.
+    checkpointed (staged training) and returns None; so does a run stopped by SIGTERM or SIGINT
+    (preemption.py), after saving the step it was on.
     Every check that can fail on user input runs before anything is compiled or written.
     """
     writers.show_log()
     plan = plan_lib.plan(config, workdir)
     workdir_lib.check_writable(plan.workdir, jax.process_index())
-    with Checkpointer(plan.workdir, keep=config.train.keep_checkpoints) as checkpointer:
+    with workdir_lib.held(plan.workdir), Preemption() as preemption, \
+            Checkpointer(plan.workdir, keep=config.train.keep_checkpoints) as checkpointer:
         latest = checkpointer.latest_step()
         total = plan.schedule.total_steps
         if latest is not None and latest >= total:
@@ -41,12 +44,10 @@ def run(config, workdir, *, stop_at_step: int | None = None) -> dict | None:
         if stop_at_step is not None and not (latest or 0) < stop_at_step <= total:
             raise ValueError(f'stop_at_step={stop_at_step} is not after the checkpoint at step '
                              f'{latest or 0} and within the {total} steps')
-        if latest is not None:
-            checkpointer.check_compatible(latest, plan.abstract_state)
-        return _train(plan, checkpointer, latest, stop_at_step)
+        return _train(plan, checkpointer, preemption, stop_at_step)
 
 
-def _train(plan: plan_lib.Plan, checkpointer: Checkpointer, latest: int | None,
+def _train(plan: plan_lib.Plan, checkpointer: Checkpointer, preemption: Preemption,
            stop_at_step: int | None) -> dict | None:
     """Init or restore, then steps with logging, eval and checkpoints; returns the final eval."""
     config, mesh, schedule = plan.config, plan.mesh, plan.schedule
@@ -64,7 +65,9 @@ def _train(plan: plan_lib.Plan, checkpointer: Checkpointer, latest: int | None,
     config_json = json.loads(config.to_json_best_effort())
     trainable, total = finetune.parameter_counts(plan.abstract_state.params, plan.frozen)
     log.info('Parameters: %s trainable of %s', f'{trainable:,}', f'{total:,}')
-    if latest is None:
+    resumed = _resume(plan, checkpointer, train_iter, config_json)
+    latest = resumed[0] if resumed else None
+    if resumed is None:
         loaded = finetune.load(plan.load_plan) if plan.load_plan else {}
         state = jax.jit(lambda rng, loaded: finetune.with_loaded(nn.unbox(plan.init(rng)), loaded),
                         out_shardings=plan.state_shardings)(jax.random.PRNGKey(config.seed),
@@ -73,7 +76,7 @@ def _train(plan: plan_lib.Plan, checkpointer: Checkpointer, latest: int | None,
             log.info('%s', plan.load_plan.describe())
         window = jax.device_put(metrics.empty_window(), replicated)
     else:
-        state, window = _restore(plan, checkpointer, latest, train_iter, config_json)
+        _, state, window = resumed
     train_fn = train_program(plan, task)
     learning_rate = jax.jit(optim.learning_rate_schedule(config.optim, schedule.total_steps))
     evaluate = Evaluator(plan, task)
@@ -105,8 +108,9 @@ def _train(plan: plan_lib.Plan, checkpointer: Checkpointer, latest: int | None,
             progress.update(step)
             last = step == schedule.total_steps
             log_now = step % schedule.log_every == 0 or last
-            checkpoint = step % schedule.checkpoint_every == 0 or last or step == stop_at_step
-            if log_now or checkpoint:  # Waits for the steps so far: they count as training time.
+            stop = step == stop_at_step or (not last and preemption.reached(step))
+            checkpoint = step % schedule.checkpoint_every == 0 or last or stop
+            if log_now or checkpoint:  # Waits for the steps so far (training time).
                 _stop_if_nonfinite(window, checkpointer)
             with throughput.paused():
                 if log_now:
@@ -130,7 +134,12 @@ def _train(plan: plan_lib.Plan, checkpointer: Checkpointer, latest: int | None,
                     checkpointer.save(step, state, window, data_state, config_json)
             if log_now:
                 throughput.restart(step)
-            if step == stop_at_step:
+            if stop:
+                if preemption.signal_name:
+                    checkpointer.wait()
+                    log.warning('Interrupted by %s: saved step %d in %s. Rerun the same '
+                                'command to resume.', preemption.signal_name, step,
+                                checkpointer.directory)
                 return None
     finally:
         batches.close()
@@ -168,15 +177,36 @@ class _Profiler:
             self.active = False
 
 
-def _restore(plan: plan_lib.Plan, checkpointer, step: int, train_iter, config_json):
-    """(state, metric window) from the checkpoint at `step`, laid out on the mesh."""
-    changed = _changed_keys(checkpointer.saved_config(step), config_json)
-    if changed:
-        log.warning('Resuming with a changed config: %s', '; '.join(changed))
-    state, window, data_state = checkpointer.restore(step, *plan_lib.abstract_checkpoint(plan))
-    train_iter.restore(data_state)
-    log.info('Resumed from the checkpoint at step %d in %s', step, checkpointer.directory)
-    return state, window
+def _resume(plan: plan_lib.Plan, checkpointer: Checkpointer, train_iter, config_json
+            ) -> tuple[int, object, dict] | None:
+    """(step, state, metric window) from the newest checkpoint that restores, laid out on the
+    mesh, or None when there is none. One that cannot be read is moved aside (never deleted)
+    and the one before it is tried; a config that does not fit them is a UserError."""
+    damaged = []
+    while (step := checkpointer.latest_step()) is not None:
+        try:
+            checkpointer.check_compatible(step, plan.abstract_state)
+            changed = _changed_keys(checkpointer.saved_config(step), config_json)
+            state, window, data_state = checkpointer.restore(
+                step, *plan_lib.abstract_checkpoint(plan))
+        except UserError:
+            raise
+        except Exception as e:  # Orbax and TensorStore raise many types for damaged files.
+            damaged.append(checkpointer.move_aside(step))
+            log.warning('The checkpoint at step %d cannot be restored (%s: %s): moved it to %s; '
+                        'trying the one before', step, type(e).__name__,
+                        str(e).splitlines()[0][:120] if str(e) else '', damaged[-1])
+            continue
+        if changed:
+            log.warning('Resuming with a changed config: %s', '; '.join(changed))
+        train_iter.restore(data_state)
+        log.info('Resumed from the checkpoint at step %d in %s', step, checkpointer.directory)
+        return step, state, window
+    if damaged:
+        raise UserError(f'no checkpoint in {checkpointer.directory} can be restored (moved to '
+                        f'{damaged[0].parent}): rerun to start again from step 0 in this workdir, '
+                        'or put back a copy of a good checkpoint there')
+    return None
 
 
 def _changed_keys(before: dict, after: dict, prefix: str = '') -> list[str]:

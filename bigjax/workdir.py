@@ -1,11 +1,21 @@
-"""The run's folder: where it is, whether it can be written, and its config.json."""
+"""The run's folder: where it is, whether it can be written, who holds it, and its config.json."""
 
+import contextlib
+import errno
+import fcntl
 import json
 import os
+import shutil
+import socket
 
+import jax
+import numpy as np
 from etils import epath
+from jax.experimental import multihost_utils
 
 from bigjax.errors import UserError
+
+LOCK_FILE = '.lock'
 
 
 def resolve(workdir) -> epath.Path:
@@ -39,3 +49,54 @@ def write_atomically(path: epath.Path, text: str) -> None:
 
 def write_config(workdir: epath.Path, config_json: dict) -> None:
     write_atomically(workdir / 'config.json', json.dumps(config_json, indent=2) + '\n')
+
+
+@contextlib.contextmanager
+def held(workdir: epath.Path):
+    """Holds <workdir>/.lock while a run trains there, so a second run on it stops at once with a
+    one-line error naming the first (host and pid). The lock is the kernel's (flock): a process
+    that dies, however it dies, lets go of it. Process 0 holds it for a multi-process run and tells
+    the others whether it got it. Object stores (gs://) cannot be locked: not checked there."""
+    if '://' in os.fspath(workdir):
+        yield
+        return
+    lock, owner = None, ''
+    if jax.process_index() == 0:
+        lock = open(workdir / LOCK_FILE, 'a+')
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            lock.truncate(0)
+            lock.write(f'{socket.gethostname()} {os.getpid()}\n')
+            lock.flush()
+        except BlockingIOError:
+            lock.seek(0)
+            owner = lock.read().strip() or 'another process'
+            lock.close()
+            lock = None
+    got = lock is not None
+    if jax.process_count() > 1:
+        got = bool(multihost_utils.broadcast_one_to_all(np.int32(got)))
+    if not got:
+        host, _, pid = owner.partition(' ')
+        who = f'process {pid} on {host}' if pid else 'another run (see process 0)'
+        raise UserError(f'the workdir {workdir} is in use by {who}: wait for that run to end or '
+                        'stop it, or choose another --workdir')
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.close()  # Releases the flock; the file stays, its owner line stale.
+
+
+def write_failed(path, error: BaseException) -> UserError:
+    """A one-line error for a failed write under `path`: the reason and the free space left."""
+    reason = getattr(error, 'strerror', None) or str(error).splitlines()[0][:160]
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        reason = 'no space left on the device'
+    try:
+        free = f'{shutil.disk_usage(os.fspath(path)).free / 2**20:,.0f} MB free there'
+    except OSError:
+        free = 'free space unknown'
+    return UserError(f'writing {path} failed ({reason}; {free}): free some space or choose '
+                     'another --workdir, then rerun; the checkpoints already written are intact '
+                     'and the run resumes from the newest')

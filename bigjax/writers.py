@@ -96,17 +96,23 @@ class MetricWriter:
         if not self.enabled:
             return
         row = {'step': int(step), 'split': split, **values, 'time': round(time.time(), 3)}
-        with self.path.open('a') as f:
-            f.write(json.dumps(row) + '\n')
-        for name, value in values.items():
-            self.tensorboard.add_scalar(f'{split}/{name}', value, int(step))
-        self.tensorboard.flush()
+        try:
+            with self.path.open('a') as f:
+                f.write(json.dumps(row) + '\n')
+            for name, value in values.items():
+                self.tensorboard.add_scalar(f'{split}/{name}', value, int(step))
+            self.tensorboard.flush()
+        except OSError as e:
+            raise workdir_lib.write_failed(self.workdir, e) from None
 
     def write_details(self, step: int, details: dict) -> None:
         if self.enabled:
             path = details_path(self.workdir, step)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            workdir_lib.write_atomically(path, json.dumps(details))
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                workdir_lib.write_atomically(path, json.dumps(details))
+            except OSError as e:
+                raise workdir_lib.write_failed(self.workdir, e) from None
 
     def close(self) -> None:
         if self.tensorboard is not None:
