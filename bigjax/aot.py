@@ -44,6 +44,8 @@ def compile_config(config, topology_name: str, workdir=None, num_slices: int = 1
     returns the per-chip figures (the same as <workdir>/compile.json) or raises UserError when
     they do not fit."""
     devices, chip = hardware.devices(topology_name, num_slices)
+    config = config.copy_and_resolve_references()
+    config.compilation_cache_dir = ''  # Compiled afresh: its times and XLA's verdict are the point.
     run = plan_lib.plan(config, workdir, devices=devices, read_data=False, init_from=False)
     task = _task(run)
     state, window = plan_lib.abstract_checkpoint(run)

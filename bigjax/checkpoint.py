@@ -69,7 +69,7 @@ class Checkpointer:
             suffix += 1
             target = target.parent / f'{step}.{suffix}'
         target.parent.mkdir(parents=True, exist_ok=True)
-        (self.directory / str(step)).rename(target)
+        workdir_lib.move(self.directory / str(step), target)
         self.manager.reload()
         return target
 

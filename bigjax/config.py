@@ -20,6 +20,8 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0  # Seeds parameter init, dropout and the data order.
+    c.compilation_cache_dir = '~/.cache/bigjax/jax'  # compiled steps kept for the next run
+    # (jax's persistent cache; a local folder or gs://…); '' = compile every time
 
     c.data = ml_collections.ConfigDict()
     c.data.name = 'sklearn_digits'  # a tfds name, an offline builder, 'synthetic', or your own

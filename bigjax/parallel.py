@@ -8,7 +8,6 @@ axis names models give them ('embed', 'heads', 'mlp', 'vocab', ...) onto mesh ax
 import collections
 import contextlib
 import math
-import os
 
 import flax.linen as nn
 import jax
@@ -174,8 +173,9 @@ def initialize_distributed(coordinator_address: str = '', num_processes: int = 0
     """Joins a multi-process run before any device is touched.
 
     With `num_processes` > 1 the coordinator, count and id are given (GPU clusters, or several
-    processes on one CPU machine); on a multi-host Cloud TPU slice they are auto-detected. A
-    single process does nothing.
+    processes on one CPU machine). On a Cloud TPU slice of several hosts every process joins with
+    no flags: jax.distributed.initialize() finds the hosts itself. Otherwise (one process, one
+    TPU host) nothing is done.
     """
     if num_processes > 1:
         if not coordinator_address or not 0 <= process_id < num_processes:
@@ -183,5 +183,16 @@ def initialize_distributed(coordinator_address: str = '', num_processes: int = 0
                             f'--process_id in [0, {num_processes})')
         jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # CPU devices only
         jax.distributed.initialize(coordinator_address, num_processes, process_id)
-    elif ',' in os.environ.get('TPU_WORKER_HOSTNAMES', ''):
+    elif tpu_slice_hosts() > 1:
         jax.distributed.initialize()
+
+
+def tpu_slice_hosts() -> int:
+    """Hosts of the Cloud TPU slice this runs on (all slices of a multislice run; 1 off a TPU VM),
+    found as jax.distributed.initialize() finds them: the worker list in TPU_WORKER_HOSTNAMES
+    (GKE) or the VM's metadata server."""
+    from jax._src.clusters import cloud_tpu_cluster  # jax's own detection, so both agree
+    for cluster in (cloud_tpu_cluster.GkeTpuCluster, cloud_tpu_cluster.GceTpuCluster):
+        if cluster.is_env_present():
+            return cluster.get_process_count()
+    return 1

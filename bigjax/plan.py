@@ -16,7 +16,7 @@ from etils import epath
 
 from bigjax import config as config_lib
 from bigjax import data as data_lib
-from bigjax import finetune, metrics, models, optim, parallel, perf, steps, tasks
+from bigjax import finetune, metrics, models, optim, parallel, perf, platform, steps, tasks
 from bigjax import workdir as workdir_lib
 from bigjax.checkpoint import Checkpointer
 from bigjax.data import augment
@@ -89,6 +89,7 @@ def plan(config, workdir=None, *, devices=None, read_data: bool = True,
     checkpoint does not need it).
     """
     config_lib.check(config)
+    platform.use_compilation_cache(config.compilation_cache_dir)
     devices = jax.devices() if devices is None else list(devices)
     models.prepare(config.model, devices[0].platform)
     mesh = parallel.make_mesh(config.mesh, devices)

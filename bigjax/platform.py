@@ -13,6 +13,7 @@ import importlib.util
 import os
 
 import jax
+from jax.experimental.compilation_cache import compilation_cache
 
 CPU_FLAGS = ('--xla_cpu_experimental_ynn_fusion_type=',)
 ACCELERATOR_PLUGINS = ('jax_cuda13_plugin', 'jax_cuda12_plugin', 'jax_rocm7_plugin', 'libtpu')
@@ -27,6 +28,17 @@ def set_xla_defaults() -> None:
     flags = os.environ.get('XLA_FLAGS', '')
     added = [flag for flag in CPU_FLAGS if flag.split('=')[0] not in flags]
     os.environ['XLA_FLAGS'] = ' '.join([flags, *added]).strip()
+
+
+def use_compilation_cache(directory: str) -> None:
+    """Keeps compiled programs in `directory` (jax's persistent cache; '' = off), so a restarted
+    or resumed run loads its train and eval steps instead of compiling them again."""
+    path = directory or None
+    if path and '://' not in path:
+        path = os.path.abspath(os.path.expanduser(path))
+    if jax.config.jax_compilation_cache_dir != path:
+        compilation_cache.set_cache_dir(path)
+        compilation_cache.reset_cache()  # jax reads the setting once per process otherwise
 
 
 def target() -> str:

@@ -1,11 +1,13 @@
 """One page per run: <workdir>/report.html, its figures also beside it in <workdir>/report/.
 
-The page is self-contained (figures embedded as PNG data) and has these sections: summary and
-timing, final metrics, training curves, evaluation (confusion matrix, ROC curves, per-class
-table, most confidently wrong examples), data (examples and augmentations; for text: documents,
-token lengths, tokenizer coverage), model (parameter table, Mermaid diagram of the module tree,
-attention maps), samples (LMs) and the config. Built at the end of a run and on demand
-(`launch.py --mode=report`, `python -m bigjax.report WORKDIR`) for a finished or running run.
+The page is self-contained (figures embedded as PNG and SVG data) and has these sections:
+summary and timing, final metrics, training curves, evaluation (confusion matrix, ROC curves,
+per-class table, most confidently wrong examples), data (examples and augmentations; for text:
+documents, token lengths, tokenizer coverage), model (the modules drawn in data-flow order with
+their output shapes and parameter counts, report/model.svg from bigjax/model_diagram.py; the
+parameter table; the module tree as Mermaid source; attention maps), samples (LMs) and the
+config. Built at the end of a run and on demand (`launch.py --mode=report`,
+`python -m bigjax.report WORKDIR`) for a finished or running run.
 Every process runs the model (its parameters may be sharded across them); process 0 writes.
 """
 
@@ -22,7 +24,8 @@ from etils import epath
 
 from bigjax import config as config_lib
 from bigjax import data as data_lib
-from bigjax import finetune, metrics, models, parallel, pytree, sample, viz, writers
+from bigjax import (finetune, metrics, model_diagram, models, parallel, pytree, sample, tasks,
+                    viz, writers)
 from bigjax import plan as plan_lib
 from bigjax import workdir as workdir_lib
 from bigjax.data import augment
@@ -75,21 +78,23 @@ def build(plan, state, step: int) -> epath.Path:
 
 
 class _Figures:
-    """Writes PNGs into the figures folder and returns <figure> tags with the image embedded."""
+    """Writes pictures (PNG, or SVG) into the figures folder and returns <figure> tags with the
+    image embedded."""
 
     def __init__(self, folder: epath.Path, enabled: bool):
         self.folder, self.enabled = folder, enabled
         if enabled:
             folder.mkdir(parents=True, exist_ok=True)
 
-    def add(self, name: str, caption: str, plot, *args, **kwargs) -> str:
+    def add(self, name: str, caption: str, plot, *args, suffix: str = 'png', **kwargs) -> str:
         if not self.enabled:
             return ''
-        path = self.folder / f'{name}.png'
+        path = self.folder / f'{name}.{suffix}'
         with path.open('wb') as f:
             plot(*args, f, **kwargs)
         encoded = base64.b64encode(path.read_bytes()).decode('ascii')
-        return (f'<figure><img src="data:image/png;base64,{encoded}" alt="{html.escape(name)}">'
+        mime = {'png': 'image/png', 'svg': 'image/svg+xml'}[suffix]
+        return (f'<figure><img src="data:{mime};base64,{encoded}" alt="{html.escape(name)}">'
                 f'<figcaption>{html.escape(caption)}</figcaption></figure>')
 
 
@@ -392,15 +397,30 @@ def _model(plan, forward, state, figures: _Figures) -> str:
         rows.append([pytree.path_name(path), str(tuple(leaf.shape)), f'{count:,}',
                      str(leaf.dtype), str(tuple(spec))])
     rows.append(['total', '', f'{total:,}', '', ''])
-    out = ['<h3>Parameters</h3>', _table(['parameter', 'shape', 'count', 'dtype', 'sharding'],
+    out = ['<h3>Modules in data-flow order</h3>',
+           figures.add('model', 'Each module (two levels deep) where data reaches it, with its '
+                                'output on one eval batch and its parameters (children '
+                                'included).', _draw_model, plan, suffix='svg'),
+           '<h3>Parameters</h3>', _table(['parameter', 'shape', 'count', 'dtype', 'sharding'],
                                          rows, numeric_from=2),
-           '<h3>Module tree (Mermaid)</h3><p>Paste into any Mermaid renderer (GitHub Markdown, '
-           'mermaid.live) to draw it.</p>',
+           '<details><summary>The module tree as Mermaid source</summary><p>Paste into any '
+           'Mermaid renderer (GitHub Markdown, mermaid.live) to draw it.</p>',
            f'<pre class="mermaid">{html.escape(mermaid_tree(params, type(plan.model).__name__))}'
-           '</pre>']
+           '</pre></details>']
     if isinstance(plan.model, models.TRANSFORMERS):
         out.append(_attention(plan, forward, state, figures))
     return ''.join(out)
+
+
+def _draw_model(plan, path) -> None:
+    """Writes the model's modules in data-flow order as SVG (bigjax/model_diagram.py), traced
+    abstractly (no device work) on inputs shaped like one global eval batch."""
+    example = tasks.sample_input(plan.dataset)
+    inputs = jax.ShapeDtypeStruct((plan_lib.eval_batch_size(plan.config), *example.shape[1:]),
+                                  example.dtype)
+    variables = {'params': plan.abstract_state.params, **plan.abstract_state.model_state}
+    model_diagram.draw(model_diagram.layers(plan.model, variables, inputs, train=False,
+                                            frozen=plan.frozen), path)
 
 
 def _key(entry) -> str:

@@ -131,6 +131,7 @@ def _train(plan: plan_lib.Plan, checkpointer: Checkpointer, preemption: Preempti
                                                                    plan.dataset.class_names))
                     progress.report(step, 'eval', final_eval)
                 if checkpoint:
+                    writer.flush()
                     checkpointer.save(step, state, window, data_state, config_json)
             if log_now:
                 throughput.restart(step)

@@ -23,7 +23,7 @@ def resolve(workdir) -> epath.Path:
     text = os.fspath(workdir)
     if not text.strip():
         raise UserError('--workdir is empty: name a folder for checkpoints and metrics')
-    if '://' in text:
+    if is_object_store(text):
         return epath.Path(text)
     return epath.Path(os.path.abspath(os.path.expanduser(text)))
 
@@ -40,11 +40,41 @@ def check_writable(workdir: epath.Path, process_index: int) -> None:
                         'choose another --workdir') from None
 
 
+def is_object_store(path) -> bool:
+    """gs://, s3://…: no append, no atomic rename, no locks; writing an object whole is atomic."""
+    return '://' in os.fspath(path)
+
+
 def write_atomically(path: epath.Path, text: str) -> None:
-    """Writes a temporary file and renames it over `path`: a kill never leaves half a file."""
+    """Replaces `path` whole, so a kill never leaves half a file: a temporary file renamed over
+    it on a disk; one write on an object store, whose readers see the old object or the new."""
+    if is_object_store(path):
+        path.write_text(text)
+        return
     tmp = path.parent / (path.name + '.tmp')
     tmp.write_text(text)
     tmp.replace(path)
+
+
+def copy_file(source: epath.Path, target: epath.Path) -> None:
+    """Copies one file, between disks and object stores alike, a piece at a time."""
+    with source.open('rb') as read, target.open('wb') as write:
+        shutil.copyfileobj(read, write, 16 << 20)
+
+
+def copy_tree(source: epath.Path, target: epath.Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for path in source.iterdir():
+        (copy_tree if path.is_dir() else copy_file)(path, target / path.name)
+
+
+def move(source: epath.Path, target: epath.Path) -> None:
+    """Renames a folder; on an object store (no rename) copies its files, then deletes it."""
+    if is_object_store(source):
+        copy_tree(source, target)
+        source.rmtree()
+    else:
+        source.rename(target)
 
 
 def write_config(workdir: epath.Path, config_json: dict) -> None:
@@ -57,7 +87,7 @@ def held(workdir: epath.Path):
     one-line error naming the first (host and pid). The lock is the kernel's (flock): a process
     that dies, however it dies, lets go of it. Process 0 holds it for a multi-process run and tells
     the others whether it got it. Object stores (gs://) cannot be locked: not checked there."""
-    if '://' in os.fspath(workdir):
+    if is_object_store(workdir):
         yield
         return
     lock, owner = None, ''

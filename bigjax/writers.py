@@ -4,8 +4,10 @@ Only process 0 writes; on other processes every method does nothing.
 """
 
 import contextlib
+import io
 import json
 import logging
+import os
 import sys
 import time
 
@@ -16,6 +18,7 @@ from bigjax import workdir as workdir_lib
 
 METRICS_FILE = 'metrics.jsonl'
 EVAL_DIR = 'eval'  # <workdir>/eval/step_<N>.json: confusion matrix, per-class metrics, ROC
+OBJECT_STORE_FLUSH_SECONDS = 60.0  # gs://…: metrics.jsonl is rewritten whole, so not every line
 
 log = logging.getLogger('bigjax')
 
@@ -82,28 +85,53 @@ class MetricWriter:
         if not enabled:
             return
         kept = [row for row in read_metrics(workdir) if row.get('step', 0) <= start_step]
-        workdir_lib.write_atomically(self.path, ''.join(json.dumps(row) + '\n' for row in kept))
+        self.object_store = workdir_lib.is_object_store(self.workdir)
+        self.rows, self.flushed_at = kept, time.monotonic()
+        self._rewrite()
         if (self.workdir / EVAL_DIR).exists():
             for path in (self.workdir / EVAL_DIR).glob('step_*.json'):
                 if int(path.stem.split('_')[1]) > start_step:
                     path.unlink()
         from tensorboardX import SummaryWriter
+        if self.object_store:
+            _register_object_store_events(self.workdir)
         # TensorBoard hides events at steps >= purge_step that earlier runs left behind.
         self.tensorboard = SummaryWriter(str(epath.Path(workdir) / 'tensorboard'),
                                          purge_step=start_step + 1)
 
     def write(self, step: int, split: str, values: dict) -> None:
+        """Appends a line (on an object store: rewrites the file, at most every
+        OBJECT_STORE_FLUSH_SECONDS and at each flush())."""
         if not self.enabled:
             return
         row = {'step': int(step), 'split': split, **values, 'time': round(time.time(), 3)}
+        self.rows.append(row)
         try:
-            with self.path.open('a') as f:
-                f.write(json.dumps(row) + '\n')
+            if not self.object_store:
+                with self.path.open('a') as f:
+                    f.write(json.dumps(row) + '\n')
             for name, value in values.items():
                 self.tensorboard.add_scalar(f'{split}/{name}', value, int(step))
+        except OSError as e:
+            raise workdir_lib.write_failed(self.workdir, e) from None
+        if not self.object_store or time.monotonic() - self.flushed_at > OBJECT_STORE_FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Makes everything written so far readable in the workdir (called at checkpoints, so a
+        resumed run finds the lines up to its step)."""
+        if not self.enabled:
+            return
+        try:
+            if self.object_store:
+                self._rewrite()
             self.tensorboard.flush()
         except OSError as e:
             raise workdir_lib.write_failed(self.workdir, e) from None
+        self.flushed_at = time.monotonic()
+
+    def _rewrite(self) -> None:
+        workdir_lib.write_atomically(self.path, ''.join(json.dumps(row) + '\n' for row in self.rows))
 
     def write_details(self, step: int, details: dict) -> None:
         if self.enabled:
@@ -116,7 +144,40 @@ class MetricWriter:
 
     def close(self) -> None:
         if self.tensorboard is not None:
+            self.flush()
             self.tensorboard.close()
+
+
+class _ObjectEvents:
+    """A TensorBoard event file on an object store (no append): its bytes are kept and the whole
+    object is rewritten at each flush."""
+
+    def __init__(self, path: str):
+        self.path, self.buffer = epath.Path(path), io.BytesIO()
+
+    def write(self, data: bytes) -> None:
+        self.buffer.write(data)
+
+    def flush(self) -> None:
+        self.path.write_bytes(self.buffer.getvalue())
+
+    def close(self) -> None:
+        self.flush()
+
+
+class _ObjectEventsFactory:
+    """tensorboardX's writer factory for an object store's scheme: files through etils.epath."""
+
+    def open(self, path: str) -> _ObjectEvents:
+        return _ObjectEvents(path)
+
+    def directory_check(self, path: str) -> None:
+        epath.Path(path).mkdir(parents=True, exist_ok=True)
+
+
+def _register_object_store_events(workdir: epath.Path) -> None:
+    from tensorboardX import record_writer
+    record_writer.register_writer_factory(os.fspath(workdir).split(':')[0], _ObjectEventsFactory())
 
 
 class Throughput:

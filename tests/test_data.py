@@ -1,9 +1,6 @@
-import os
-
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from etils import epath
 
 from bigjax import data
 from bigjax.config import default_config
@@ -162,9 +159,3 @@ def test_synthetic_tokens_for_lm_benchmarks():
     tokens = dataset.train.arrays['tokens']
     assert tokens.shape == (20, 7) and tokens.min() >= 2 and tokens.max() < 11
 
-
-def test_caches_of_data_in_an_object_store_are_kept_on_this_host():
-    """np.load cannot memory-map gs://: the tokens of data there are cached in ~/.cache."""
-    assert sources.cache_root('gs://bucket/tfds') == epath.Path(
-        os.path.expanduser('~/.cache/bigjax/tfds'))
-    assert sources.cache_root('/data/tfds') == epath.Path('/data/tfds/bigjax_cache')

@@ -148,3 +148,39 @@ def test_microbatches_that_do_not_split_over_the_mesh_are_a_clear_error():
     mesh = parallel.make_mesh(mesh_config())
     with pytest.raises(UserError, match=r'8 batch shards \(mesh data x fsdp\) x 4 microbatches'):
         parallel.check_batch_size('train.batch_size', 16, mesh, microbatches=4)
+
+
+def test_every_host_of_a_tpu_slice_joins_jax_distributed_without_flags(monkeypatch):
+    """The worker list comes from TPU_WORKER_HOSTNAMES (GKE) or the metadata server (TPU VMs);
+    one host stays a single process; off a TPU VM nothing is started."""
+    from jax._src.clusters import cloud_tpu_cluster
+    calls = []
+    monkeypatch.setattr(jax.distributed, 'initialize', lambda *a, **k: calls.append((a, k)))
+    monkeypatch.setattr(cloud_tpu_cluster, 'running_in_cloud_tpu_vm', True)
+    for name in ('TPU_SKIP_MDS_QUERY', 'TPU_WORKER_HOSTNAMES', 'TPU_PROCESS_ADDRESSES',
+                 'MEGASCALE_NUM_SLICES'):
+        monkeypatch.delenv(name, raising=False)
+    metadata = {'agent-worker-number': '1', 'worker-network-endpoints': 'w0,w1,w2,w3',
+                'tpu-env': ''}
+    monkeypatch.setattr(cloud_tpu_cluster, 'get_metadata', lambda key: (metadata[key], 200))
+
+    def joined() -> bool:
+        calls.clear()
+        parallel.initialize_distributed()
+        assert calls in ([], [((), {})])
+        return bool(calls)
+
+    assert parallel.tpu_slice_hosts() == 4 and joined()
+    metadata['worker-network-endpoints'] = 'w0'
+    assert not joined()
+    monkeypatch.setenv('MEGASCALE_NUM_SLICES', '2')  # two single-host slices
+    assert parallel.tpu_slice_hosts() == 2 and joined()
+    monkeypatch.delenv('MEGASCALE_NUM_SLICES')
+    monkeypatch.setenv('TPU_WORKER_HOSTNAMES', 'h0,h1')  # GKE, no metadata server needed
+    monkeypatch.setattr(cloud_tpu_cluster, 'get_metadata', lambda key: ('', 404))
+    assert joined()
+    monkeypatch.setenv('TPU_WORKER_HOSTNAMES', 'h0')
+    assert not joined()
+    monkeypatch.setattr(cloud_tpu_cluster, 'running_in_cloud_tpu_vm', False)
+    monkeypatch.setenv('TPU_WORKER_HOSTNAMES', 'h0,h1')
+    assert not joined()

@@ -8,12 +8,14 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from bigjax import report, train
 from bigjax import plan as plan_lib
 from bigjax.errors import UserError
 from conftest import REPO, load_config
+from test_model_diagram import box_titles, svg_texts
 
 # One smoke run per model kind, and the pictures its report must have.
 KINDS = {
@@ -23,6 +25,13 @@ KINDS = {
     'encoder_stdlib': ('token_lengths', 'token_coverage', 'confusion_matrix', 'attention_0'),
 }
 ALWAYS = ('loss', 'eval_metrics', 'learning_rate', 'throughput')
+# The top-level modules in the order data reaches them.
+DATA_FLOW = {
+    'cnn_digits': ('conv1', 'bn1', 'conv2', 'bn2', 'fc1', 'Dropout_0', 'head'),
+    'vit_digits': ('patch_embedding', 'encoder', 'head'),
+    'transformer_cpu': ('token_embedding', 'encoder'),  # the head is the embedding, tied
+    'encoder_stdlib': ('token_embedding', 'encoder', 'head'),
+}
 
 
 @pytest.fixture(scope='module')
@@ -78,14 +87,33 @@ def test_report_has_every_section_and_picture(runs, name):
         assert f'alt="{figure}"' in page, figure
     assert 'finished: step' in page
     config = json.loads((workdir / 'config.json').read_text())
-    params = plan_lib.load_state(load_config(name, 'smoke'), workdir)[1].params
+    plan, state, _ = plan_lib.load_state(load_config(name, 'smoke'), workdir)
+    params = state.params
     tree = mermaid_nodes(page_mermaid(page))
     root = next(iter(tree))
     modules = [name for name, value in params.items() if hasattr(value, 'items')]
     assert sorted(tree[root]) == sorted(modules), 'the diagram names every top-level module'
+    check_model_drawing(workdir, plan, params, name)
     assert config['model']['name'] in page
     if name == 'transformer_cpu':
         assert page.count('<span class="prompt">') == 3  # sampled continuations
+
+
+def check_model_drawing(workdir, plan, params, name: str) -> None:
+    """report/model.svg (also in the page) draws the top-level modules in data-flow order, the
+    model's output shape on an eval batch and its parameter count."""
+    svg = workdir / 'report' / 'model.svg'
+    texts = [text for text, _ in svg_texts(svg)]
+    titles = box_titles(svg)
+    left = min(x for _, x in titles)
+    assert tuple(n for n, x in titles if x == left) == DATA_FLOW[name]
+    total = sum(leaf.size for leaf in jax.tree.leaves(params))
+    assert texts[0] == f'{type(plan.model).__name__}: {total:,} params'
+    dataset, batch = plan.dataset, plan_lib.eval_batch_size(plan.config)
+    logits = ((batch, dataset.seq_len, dataset.vocab_size) if dataset.kind == 'text_lm'
+              else (batch, dataset.num_classes))
+    assert texts[-1] == f'output ({", ".join(map(str, logits))}) float32'
+    assert 'alt="model"' in (workdir / 'report.html').read_text()
 
 
 def test_report_on_demand_from_the_workdir_alone_matches(runs, capsys):

@@ -6,7 +6,7 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
-from bigjax import train, writers
+from bigjax import platform, train, writers
 from bigjax.data.sources import LOCAL_BUILDERS
 from bigjax.errors import UserError
 from conftest import CONFIGS, load_config
@@ -80,6 +80,32 @@ def test_resume_after_interruption_is_bitwise_identical(tmp_path):
             without_timing(writers.read_metrics(tmp_path / 'straight')))
     jax.tree.map(np.testing.assert_array_equal, final_params(tmp_path / 'resumed', 24),
                  final_params(tmp_path / 'straight', 24))
+
+
+def test_a_new_run_loads_its_compiled_steps_from_the_compilation_cache(tmp_path):
+    """As a restarted process would: jax's in-memory caches cleared, only the folder left."""
+    hits = []
+    listener = lambda event, **_: hits.append(event == '/jax/compilation_cache/cache_hits')
+    min_seconds = jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)  # the smoke steps are fast
+    jax.monitoring.register_event_listener(listener)
+    try:
+        config = digits_smoke(num_steps=4, log_every=2, eval_every=4, checkpoint_every=4)
+        config.compilation_cache_dir = str(tmp_path / 'cache')
+        first = train.run(config, tmp_path / 'first')
+        assert any(p.name.startswith('jit__train') for p in (tmp_path / 'cache').iterdir())
+        jax.clear_caches()
+        hits.clear()
+        assert train.run(config, tmp_path / 'second') == first
+        assert sum(hits) >= 2  # the train and eval steps at least
+        kept = sorted((tmp_path / 'cache').iterdir())
+        platform.use_compilation_cache('')  # off: nothing looked up, nothing kept
+        hits.clear()
+        jax.jit(lambda x: x * 3)(1.0)
+        assert not any(hits) and sorted((tmp_path / 'cache').iterdir()) == kept
+    finally:
+        jax.monitoring.unregister_event_listener(listener)
+        jax.config.update('jax_persistent_cache_min_compile_time_secs', min_seconds)
 
 
 def test_training_data_on_the_devices_gives_the_same_run_as_batching_on_the_host(tmp_path):

@@ -5,7 +5,9 @@ JSON report. It is built in a temporary folder (arrays too large to hold in memo
 into it with ArrayWriter) and renamed into place, key.json written last, so a run killed while
 building never leaves an entry that a later run trusts; the next build on that host removes the
 temporary folder it left. Entries are memory-mapped on load, so each process reads only the rows
-it uses.
+it uses. A cache in an object store (gs://…, shared by every host and by the next VM) is used
+through a copy of each entry on this host's disk: built there and uploaded file by file, key.json
+last, or downloaded; nothing is appended or renamed in the object store.
 """
 
 import hashlib
@@ -18,10 +20,12 @@ from typing import Callable
 import numpy as np
 from etils import epath
 
+from bigjax import workdir as workdir_lib
 from bigjax.errors import UserError
 
 Arrays = dict[str, np.ndarray]
 COPY_BYTES = 16 << 20  # ArrayWriter.close copies its rows in pieces of this size
+LOCAL_COPIES = '~/.cache/bigjax/objects'  # this host's copies of entries in object stores
 
 
 def cached(directory: epath.Path, key: dict,
@@ -29,6 +33,8 @@ def cached(directory: epath.Path, key: dict,
     """(arrays, report) for `key`: loaded from `directory`, or built and saved. `build(folder)`
     returns (arrays, report), the arrays to save as they are; it may also stream larger arrays
     into `folder` itself (ArrayWriter)."""
+    if workdir_lib.is_object_store(directory):
+        return _through_local_copy(directory, key, build)
     text = json.dumps(key, sort_keys=True)
     folder = directory / hashlib.sha256(text.encode()).hexdigest()[:20]
     if (folder / 'key.json').exists():
@@ -57,6 +63,29 @@ def cached(directory: epath.Path, key: dict,
         if tmp.exists():
             shutil.rmtree(tmp)
     return _load(folder)
+
+
+def _through_local_copy(directory: epath.Path, key: dict, build) -> tuple[Arrays, dict]:
+    """`cached` for an entry in an object store: loaded from this host's copy, downloaded into
+    it, or built into it and then uploaded (again, if an upload was cut short)."""
+    local = epath.Path(os.path.expanduser(LOCAL_COPIES)) / os.fspath(directory).replace('://', '/')
+    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    remote = directory / name
+    if not (local / name / 'key.json').exists() and (remote / 'key.json').exists():
+        return cached(local, key, lambda folder: _download(remote, folder))
+    arrays, report = cached(local, key, build)
+    if not (remote / 'key.json').exists():
+        remote.mkdir(parents=True, exist_ok=True)
+        for path in sorted((local / name).iterdir(), key=lambda p: p.name == 'key.json'):
+            workdir_lib.copy_file(path, remote / path.name)  # key.json last: marks it complete
+    return arrays, report
+
+
+def _download(remote: epath.Path, folder: epath.Path) -> tuple[Arrays, dict]:
+    for path in remote.iterdir():
+        if path.name not in ('key.json', 'report.json'):
+            workdir_lib.copy_file(path, folder / path.name)
+    return {}, json.loads((remote / 'report.json').read_text())
 
 
 class ArrayWriter:

@@ -293,14 +293,14 @@ def _tokenizer(builder, train_split, text_config, cleaning: dict) -> tokenizers.
 def _cached(tfds_split, key: dict, build):
     """cache.cached beside the dataset. With several processes, process 0 builds the entry while
     the others wait, then all load it (each builds its own identical copy if their disks are not
-    shared); a cache in ~/.cache (data in an object store) is built by every host at once. Data
-    that is not on disk (mocks) is built in a temporary folder and held in memory."""
+    shared). Data that is not on disk (mocks) is built in a temporary folder and held in
+    memory."""
     key = {**tfds_split.cache_key, **key}
     if tfds_split.cache_dir is None:
         with tempfile.TemporaryDirectory() as folder:
             arrays, report = cache.cached(epath.Path(folder), key, build)
             return {name: np.array(array) for name, array in arrays.items()}, report
-    if jax.process_count() > 1 and tfds_split.cache_beside_data:
+    if jax.process_count() > 1:
         if jax.process_index() == 0:
             cache.cached(tfds_split.cache_dir, key, build)
         multihost_utils.sync_global_devices(f'bigjax: cached {json.dumps(key, sort_keys=True)}')

@@ -37,7 +37,6 @@ class TfdsSplit:
     cache_dir: epath.Path | None  # None when the data is not on disk (tfds.testing.mock_data)
     cache_key: dict
     files: tuple = ()  # tfds FileInstructions of the split's records; () when not on disk
-    cache_beside_data: bool = False  # cache_dir is on the disk the data is read from
     readers: dict = dataclasses.field(default_factory=dict, repr=False)  # open, by file name
 
 
@@ -90,15 +89,12 @@ def open_split(builder, split: str, data_config) -> TfdsSplit:
         raise corrupted(builder, e) from None
     key = {'dataset': name, 'split': split, 'metadata': dict(builder.info.metadata or {})}
     return TfdsSplit(name, split, source, builder.info.features, cache_root(root) / name, key,
-                     tuple(builder.info.splits[split].file_instructions),
-                     cache_beside_data='://' not in os.fspath(root))
+                     tuple(builder.info.splits[split].file_instructions))
 
 
 def cache_root(data_root) -> epath.Path:
-    """Where caches of datasets under `data_root` go: beside them, or, for data in an object store
-    (gs://...), which cannot be memory-mapped, in this host's ~/.cache/bigjax/tfds."""
-    if '://' in os.fspath(data_root):
-        return epath.Path(os.path.expanduser('~/.cache/bigjax/tfds'))
+    """Where caches of datasets under `data_root` go: beside them (in an object store too, where
+    every host and the next VM find them; cache.py reads them through a copy on disk)."""
     return epath.Path(data_root) / 'bigjax_cache'
 
 
