@@ -4,7 +4,7 @@ python launch.py --config=configs/cnn_digits.py[:smoke] --workdir=DIR
 python launch.py --config=configs/transformer_cpu.py --workdir=DIR --mode=sample --prompt='def '
 python launch.py --config=configs/cnn_digits.py --workdir=DIR --mode=report  (DIR/report.html)
 python launch.py --config=CONFIG --workdir=DIR --mode=export --export_dir=OUT  (LoRA merged;
-    OUT serves as --config.init_from.path)
+    OUT serves as --config.init_from.path; --export_format=hf: a Hugging Face model folder)
 python launch.py --config=configs/transformer_tpu.py --workdir=DIR --mode=compile --topology=v5e-8
     (compiles the train and eval steps for that TPU slice on any machine: HBM per chip, FLOPs,
     a roofline estimate; DIR/compile.json)
@@ -32,6 +32,8 @@ flags.DEFINE_string('topology', '', 'compile: a TPU slice, e.g. v5e-1, v5e-8, v6
 flags.DEFINE_integer('num_slices', 1, 'compile: slices of --topology joined over the data-center '
                      'network (mesh.data spans them).')
 flags.DEFINE_string('export_dir', '', 'export: an empty or new folder for the parameters.')
+flags.DEFINE_enum('export_format', 'bigjax', ['bigjax', 'hf'], 'export: a checkpoint folder for '
+                  'init_from.path, or (hf) a Hugging Face model folder for transformers.')
 flags.DEFINE_string('prompt', '', 'sample: the text to continue.')
 flags.DEFINE_integer('num_tokens', 200, 'sample: how many tokens to add.')
 flags.DEFINE_float('temperature', 0.8, 'sample: softmax temperature; 0 = most likely token.')
@@ -112,7 +114,7 @@ def main(argv):
         elif FLAGS.mode == 'report':
             print(report.from_workdir(config, FLAGS.workdir))
         elif FLAGS.mode == 'export':
-            print(export.export(config, FLAGS.workdir, FLAGS.export_dir))
+            print(export.export(config, FLAGS.workdir, FLAGS.export_dir, FLAGS.export_format))
         else:
             train.run(config, FLAGS.workdir)
     except UserError as e:

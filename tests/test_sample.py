@@ -2,9 +2,12 @@ import subprocess
 import sys
 
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from bigjax import export, sample, train
+from bigjax import plan as plan_lib
+from bigjax.data import tokenizers
 from bigjax.errors import UserError
 from conftest import REPO, load_config
 
@@ -51,3 +54,30 @@ def test_sampling_errors_are_clear(trained_lm, tmp_path):
         sample.from_workdir(config, tmp_path, 'x', num_tokens=5, temperature=1.0, top_k=0)
     with pytest.raises(UserError, match='must not be empty'):
         sample.generate_any_length(None, None, jnp.zeros((1, 0), jnp.int32), None, num_tokens=4)
+
+
+def test_export_to_hugging_face_gives_transformers_the_same_logits(trained_lm, tmp_path):
+    torch = pytest.importorskip('torch')
+    transformers = pytest.importorskip('transformers')
+    config = load_config('transformer_cpu', 'smoke')
+    summary = export.export(config, trained_lm, tmp_path / 'hf', 'hf')
+    assert 'a Hugging Face gpt2 model, without a tokenizer' in summary
+    plan, state, _ = plan_lib.load_state(config, trained_lm)
+    tokens_BT = np.arange(64).reshape(2, 32) * 7 % plan.dataset.vocab_size
+    expected = np.asarray(plan.model.apply({'params': state.params}, tokens_BT, train=False))
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / 'hf').eval()
+    with torch.no_grad():
+        logits = model(torch.tensor(tokens_BT)).logits.numpy()
+    np.testing.assert_allclose(logits, expected, atol=1e-4 * np.abs(expected).max())
+    with pytest.raises(UserError, match='writes causal LMs'):
+        export.export(load_config('cnn_digits', 'smoke'), trained_lm, tmp_path / 'x', 'hf')
+
+
+def test_a_bigjax_bpe_is_the_hugging_face_tokenizer_that_export_writes(tmp_path):
+    transformers = pytest.importorskip('transformers')
+    texts = ['def spam(eggs):\n    return eggs * 2\n', 'import os, sys  # 42 ways']
+    bpe = tokenizers.BpeTokenizer(tokenizers.train_bpe(texts * 20, 300))
+    (tmp_path / 'tokenizer.json').write_text(bpe.json)
+    theirs = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / 'tokenizer.json'))
+    for text in texts + ['ünïcode, and a word never seen: zyzzyva']:
+        assert theirs(text)['input_ids'] == bpe.encode_batch([text])[0].tolist()

@@ -262,6 +262,8 @@ def test_remat_and_bf16_compute_change_nothing_but_precision():
     ({'mlp': 'relu'}, 'model.transformer.mlp'),
     ({'dtype': 'float16'}, 'model.transformer.dtype'),
     ({'dropout': 1.0}, 'dropout'),
+    ({'bias': ('qkv', 'head')}, r"bias=\('qkv', 'head'\) must be a subset"),
+    ({'norm_eps': 0.0}, 'norm_eps=0.0'),
 ])
 def test_bad_transformer_config_is_a_clear_error(overrides, message):
     with pytest.raises(UserError, match=message):

@@ -38,6 +38,7 @@ class Tokenizer(Protocol):
     name: str  # identifies the exact vocabulary, for cache keys
     vocab_size: int
     encodes_in_parallel: bool  # encode_batch runs on several cores, outside Python's GIL
+    json: str | None  # its Hugging Face tokenizer.json, where it has one (bpe)
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]: ...
 
@@ -54,6 +55,7 @@ class ByteTokenizer:
     name = 'byte'
     vocab_size = 258
     encodes_in_parallel = False
+    json = None
     _offset = 2
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
@@ -76,6 +78,7 @@ class BpeTokenizer:
         """memoise: encode ASCII documents through PieceMemo (None: on hosts of at most
         MEMO_MAX_CPUS cores, when the tokenizer is the plain byte-level BPE that train_bpe makes)."""
         from tokenizers import Tokenizer as HfTokenizer
+        self.json = json_text
         self._tokenizer = HfTokenizer.from_str(json_text)
         self._tokenizer.encode_special_tokens = True  # '<eos>' in a document is text, not id 1
         self.vocab_size = self._tokenizer.get_vocab_size()
@@ -172,6 +175,7 @@ class CharTokenizer:
 
     _offset = 3
     encodes_in_parallel = False
+    json = None
 
     def __init__(self, chars: str):
         self.chars = chars

@@ -20,10 +20,10 @@ from bigjax import platform
 from bigjax.kernels import causal_attention
 
 
-def rotate(x_BTNK: jax.Array, positions_BT: jax.Array) -> jax.Array:
-    """Rotary position embedding: pairs of channels turned by position-dependent angles."""
+def rotate(x_BTNK: jax.Array, positions_BT: jax.Array, theta: float) -> jax.Array:
+    """Rotary position embedding: channel i and i + K/2 turned by position * theta^(-2i/K)."""
     half = x_BTNK.shape[-1] // 2
-    frequencies = 10_000.0 ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    frequencies = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
     angles_BT1K = (positions_BT[..., None].astype(jnp.float32) * frequencies)[:, :, None, :]
     sin, cos = jnp.sin(angles_BT1K), jnp.cos(angles_BT1K)
     first, second = x_BTNK[..., :half].astype(jnp.float32), x_BTNK[..., half:].astype(jnp.float32)

@@ -15,13 +15,14 @@ class Projection(nn.Module):
     """x's trailing axes (in_shape) -> out_shape through one kernel of shape in_shape +
     out_shape, created whole with its logical axes (nn.DenseGeneral creates it flat and
     reshapes it, which a sharding constraint on the boxed kernel cannot follow). Initialised
-    like nn.Dense / nn.DenseGeneral: LeCun normal over the inputs, no bias."""
+    like nn.Dense / nn.DenseGeneral: LeCun normal over the inputs; the bias, if any, zeros."""
 
     in_shape: tuple
     out_shape: tuple
     axes: tuple  # logical axis names of the kernel, one per dimension
     dtype: jnp.dtype
     param_dtype: jnp.dtype
+    use_bias: bool = False
 
     @nn.compact
     def __call__(self, x=None):
@@ -35,7 +36,13 @@ class Projection(nn.Module):
             return kernel.astype(self.dtype)
         x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
         contract = (tuple(range(x.ndim - ins, x.ndim)), tuple(range(ins)))
-        return projection(x, kernel, (contract, ((), ())))
+        y = projection(x, kernel, (contract, ((), ())))
+        if not self.use_bias:
+            return y
+        bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros,
+                                                               self.axes[ins:]),
+                          self.out_shape, self.param_dtype)
+        return y + bias.astype(self.dtype)
 
 
 def projection(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):

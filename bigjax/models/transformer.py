@@ -57,7 +57,7 @@ def _lora(module: nn.Module, cfg: 'TransformerConfig', target: str, x_NI, kernel
 
 def _norm(cfg: TransformerConfig, name: str) -> nn.Module:
     kwargs = dict(dtype=DTYPES[cfg.dtype], param_dtype=DTYPES[cfg.param_dtype], name=name,
-                  scale_init=_init(nn.initializers.ones, 'embed'))
+                  epsilon=cfg.norm_eps, scale_init=_init(nn.initializers.ones, 'embed'))
     if cfg.norm == 'rmsnorm':
         return nn.RMSNorm(**kwargs)
     return nn.LayerNorm(bias_init=_init(nn.initializers.zeros, 'embed'), **kwargs)
@@ -80,7 +80,7 @@ class Attention(nn.Module):
         # its key and its value. Sharding 'heads' splits whole groups, so it stays local.
         qkv_NGCK = Projection((width,), (groups, repeats + 2, cfg.head_dim),
                               ('embed', 'heads', None, 'kv'), DTYPES[cfg.dtype],
-                              DTYPES[cfg.param_dtype], name='qkv')(x_ND)
+                              DTYPES[cfg.param_dtype], 'qkv' in cfg.bias, name='qkv')(x_ND)
         adapter = _lora(self, cfg, 'qkv', x_ND, (width,), (groups, repeats + 2, cfg.head_dim),
                         ('embed',), ('heads', None, 'kv'))
         if adapter is not None:
@@ -91,7 +91,8 @@ class Attention(nn.Module):
                             'batch', 'length', 'heads', 'kv')
         k_BTGK, v_BTGK = qkv_BTGCK[:, :, :, repeats], qkv_BTGCK[:, :, :, repeats + 1]
         if cfg.positions == 'rope':
-            q_BTHK, k_BTGK = rotate(q_BTHK, positions_BT), rotate(k_BTGK, positions_BT)
+            q_BTHK = rotate(q_BTHK, positions_BT, cfg.rope_theta)
+            k_BTGK = rotate(k_BTGK, positions_BT, cfg.rope_theta)
         query_offset = 0
         if decode:
             k_BTGK, v_BTGK, query_offset = self._extend_cache(k_BTGK, v_BTGK)
@@ -108,7 +109,8 @@ class Attention(nn.Module):
                               'batch', 'length', 'heads', 'kv')
         out_NHK = out_BTHK.reshape(batch * length, cfg.num_heads, cfg.head_dim)
         out_ND = Projection((cfg.num_heads, cfg.head_dim), (width,), ('heads', 'kv', 'embed'),
-                            DTYPES[cfg.dtype], DTYPES[cfg.param_dtype], name='out')(out_NHK)
+                            DTYPES[cfg.dtype], DTYPES[cfg.param_dtype], 'out' in cfg.bias,
+                            name='out')(out_NHK)
         adapter = _lora(self, cfg, 'out', out_NHK, (cfg.num_heads, cfg.head_dim), (width,),
                         ('heads', 'kv'), ('embed',))
         if adapter is not None:
@@ -141,8 +143,10 @@ class Mlp(nn.Module):
         def dense(features, axes, name):
             def apply(x_NI):
                 y_NO = nn.Dense(features, dtype=DTYPES[cfg.dtype],
-                                param_dtype=DTYPES[cfg.param_dtype], name=name, use_bias=False,
+                                param_dtype=DTYPES[cfg.param_dtype], name=name,
+                                use_bias=name in cfg.bias,
                                 kernel_init=_init(nn.initializers.lecun_normal(), *axes),
+                                bias_init=_init(nn.initializers.zeros, axes[1]),
                                 dot_general=projection)(x_NI)
                 adapter = _lora(self, cfg, name, x_NI, (x_NI.shape[-1],), (features,),
                                 axes[:1], axes[1:])

@@ -18,7 +18,7 @@ REMAT_POLICIES = {  # model.transformer.remat -> what a block keeps for the back
     'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # the projections' outputs
 }
 REMATS = ('none', *REMAT_POLICIES)
-LORA_TARGETS = ('qkv', 'out', 'up', 'gate', 'down')
+PROJECTIONS = ('qkv', 'out', 'up', 'gate', 'down')  # a block's projections, by name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,9 +30,12 @@ class TransformerConfig:
     num_heads: int = 4
     num_kv_heads: int = 0  # 0 = num_heads (multi-head); fewer = grouped-query attention
     mlp_dim: int = 1024
-    mlp: str = 'gelu'  # MLPS
+    mlp: str = 'gelu'  # MLPS ('gelu': tanh-approximated, as GPT-2's gelu_new)
     norm: str = 'layernorm'  # NORMS
+    norm_eps: float = 1e-6  # added to the variance in every norm (GPT-2, Llama: 1e-5)
     positions: str = 'learned'  # POSITIONS
+    rope_theta: float = 10_000.0  # rotary positions' base (Llama 3: 500,000)
+    bias: tuple = ()  # projections (PROJECTIONS) with a bias (GPT-2: all; Qwen2: ('qkv',))
     max_len: int = 256  # longest sequence (tokens, or patches + class token for ViT)
     dropout: float = 0.0
     tied_embeddings: bool = True  # LM: the output layer reuses the token embedding
@@ -50,7 +53,7 @@ class TransformerConfig:
     # classifier) 'last': causal attention and the last token's state, as in a decoder LM
     lora_rank: int = 0  # > 0: low-rank adapters on lora_targets (bigjax/finetune.py)
     lora_alpha: float = 16.0  # adapter output scale alpha / rank
-    lora_targets: tuple = ('qkv', 'out')  # projections that get adapters (LORA_TARGETS)
+    lora_targets: tuple = ('qkv', 'out')  # projections that get adapters (PROJECTIONS)
 
     @property
     def kv_heads(self) -> int:
@@ -82,6 +85,12 @@ class TransformerConfig:
             raise UserError(f'rotary positions need an even head width, got {self.head_dim}')
         if not 0 <= self.dropout < 1:
             raise UserError(f'model.transformer.dropout={self.dropout} must be in [0, 1)')
-        if self.lora_rank < 0 or not set(self.lora_targets) <= set(LORA_TARGETS):
+        if self.lora_rank < 0 or not set(self.lora_targets) <= set(PROJECTIONS):
             raise UserError(f'model.transformer.lora_rank={self.lora_rank} must be >= 0 and '
-                            f'lora_targets={self.lora_targets} a subset of {LORA_TARGETS}')
+                            f'lora_targets={self.lora_targets} a subset of {PROJECTIONS}')
+        if not set(self.bias) <= set(PROJECTIONS):
+            raise UserError(f'model.transformer.bias={self.bias} must be a subset of '
+                            f'{PROJECTIONS}')
+        if self.norm_eps <= 0 or self.rope_theta <= 0:
+            raise UserError(f'model.transformer.norm_eps={self.norm_eps} and '
+                            f'rope_theta={self.rope_theta} must be > 0')

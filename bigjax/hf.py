@@ -1,0 +1,340 @@
+"""Hugging Face causal LMs in and out: GPT-2 and Llama-family (Llama, Mistral, Qwen2) checkpoints
+as bigjax TransformerLM options and parameters, and back.
+
+A Hugging Face folder is what `save_pretrained` writes: config.json and model.safetensors (or
+shards listed in model.safetensors.index.json). Tensors are read one at a time and mapped by
+name; anything bigjax cannot compute exactly (another architecture, rope scaling, sliding
+windows, another activation) is a one-line error naming it. Tensor names and shapes follow
+transformers' own modules: GPT-2's Conv1D weights are (in, out); Llama's Linear weights are
+(out, in), its queries and keys in transformers' rotate-half channel order, which bigjax's
+rotary positions use too.
+"""
+
+import dataclasses
+import json
+from typing import Callable
+
+import ml_dtypes
+import numpy as np
+from etils import epath
+
+from bigjax import pytree
+from bigjax.errors import UserError
+
+LLAMA_FAMILY = ('llama', 'mistral', 'qwen2')
+FAMILIES = ('gpt2', *LLAMA_FAMILY)
+GPT2_ACTIVATIONS = ('gelu_new', 'gelu_pytorch_tanh')  # bigjax's 'gelu' is the tanh form
+GPT2_BIAS = ('qkv', 'out', 'up', 'down')
+CONFIG_FILE, WEIGHTS_FILE, INDEX_FILE = 'config.json', 'model.safetensors', \
+    'model.safetensors.index.json'
+
+
+def is_hf_folder(path) -> bool:
+    """Whether `path` holds a Hugging Face model (a config.json naming a model_type)."""
+    config = epath.Path(path) / CONFIG_FILE
+    return config.exists() and 'model_type' in json.loads(config.read_text())
+
+
+def read_config(folder) -> dict:
+    return json.loads((epath.Path(folder) / CONFIG_FILE).read_text())
+
+
+def transformer_options(hf_config: dict) -> dict:
+    """model.transformer options of the bigjax TransformerLM that computes what `hf_config`'s
+    model does, plus 'vocab_size'; UserError for what bigjax cannot compute."""
+    family = hf_config.get('model_type')
+    if family not in FAMILIES:
+        raise UserError(f'Hugging Face model_type {family!r} is not supported: bigjax imports '
+                        f'{list(FAMILIES)} causal LMs')
+    if family == 'gpt2':
+        return _gpt2_options(hf_config)
+    return _llama_options(hf_config, family)
+
+
+def _gpt2_options(c: dict) -> dict:
+    if c.get('activation_function', 'gelu_new') not in GPT2_ACTIVATIONS:
+        raise UserError(f"GPT-2 activation_function={c['activation_function']!r}: bigjax's MLP "
+                        f'computes {GPT2_ACTIVATIONS[0]!r} only')
+    for key, wanted in (('scale_attn_weights', True), ('scale_attn_by_inverse_layer_idx', False),
+                        ('add_cross_attention', False), ('tie_word_embeddings', True)):
+        if c.get(key, wanted) != wanted:
+            raise UserError(f'GPT-2 {key}={c[key]!r} is not supported (bigjax computes '
+                            f'{key}={wanted})')
+    width = c['n_embd']
+    return dict(width=width, depth=c['n_layer'], num_heads=c['n_head'], num_kv_heads=0,
+                mlp_dim=c.get('n_inner') or 4 * width, mlp='gelu', norm='layernorm',
+                norm_eps=float(c.get('layer_norm_epsilon', 1e-5)), positions='learned',
+                max_len=c['n_positions'], tied_embeddings=True, bias=GPT2_BIAS,
+                vocab_size=c['vocab_size'])
+
+
+def _llama_options(c: dict, family: str) -> dict:
+    rope = c.get('rope_parameters') or {}
+    scaling = c.get('rope_scaling') or {}
+    rope_type = rope.get('rope_type', scaling.get('rope_type', scaling.get('type', 'default')))
+    if rope_type != 'default':
+        raise UserError(f'{family} rope_type={rope_type!r} (rope scaling) is not supported: '
+                        'bigjax computes plain rotary positions')
+    if c.get('hidden_act', 'silu') != 'silu':
+        raise UserError(f"{family} hidden_act={c['hidden_act']!r}: bigjax's SwiGLU uses 'silu'")
+    if c.get('sliding_window') and (family != 'qwen2' or c.get('use_sliding_window')):
+        raise UserError(f"{family} sliding_window={c['sliding_window']}: bigjax's attention sees "
+                        'every earlier token (no sliding window)')
+    width, heads = c['hidden_size'], c['num_attention_heads']
+    if c.get('head_dim') not in (None, width // heads) or width % heads:
+        raise UserError(f"{family} head_dim={c.get('head_dim')} is not hidden_size / "
+                        f'num_attention_heads = {width / heads:g}, which bigjax assumes')
+    if family == 'qwen2':
+        bias = ('qkv',)  # Qwen2's queries, keys and values have biases; nothing else
+    else:
+        bias = (('qkv', 'out') if c.get('attention_bias') else ()) + (
+            ('up', 'gate', 'down') if c.get('mlp_bias') else ())
+    return dict(width=width, depth=c['num_hidden_layers'], num_heads=heads,
+                num_kv_heads=c.get('num_key_value_heads') or heads,
+                mlp_dim=c['intermediate_size'], mlp='swiglu', norm='rmsnorm',
+                norm_eps=float(c.get('rms_norm_eps', 1e-6)), positions='rope',
+                rope_theta=float(rope.get('rope_theta', c.get('rope_theta', 10_000.0))),
+                max_len=c['max_position_embeddings'],
+                tied_embeddings=bool(c.get('tie_word_embeddings', False)), bias=bias,
+                vocab_size=c['vocab_size'])
+
+
+def hf_config(options: dict, vocab_size: int) -> dict:
+    """The config.json of the Hugging Face model that computes what a bigjax TransformerLM with
+    model.transformer `options` does: GPT-2 (learned positions, LayerNorm, GELU, tied; its
+    biases written as zeros where bigjax has none) or Llama / Qwen2 (rotary positions, RMSNorm,
+    SwiGLU); UserError for other combinations."""
+    o = options
+    heads, kv_heads = o['num_heads'], o['num_kv_heads'] or o['num_heads']
+    if (o['positions'], o['norm'], o['mlp']) == ('learned', 'layernorm', 'gelu'):
+        if not o['tied_embeddings'] or kv_heads != heads or not set(o['bias']) <= set(GPT2_BIAS):
+            raise UserError('export to Hugging Face: a GPT-2 needs tied embeddings, '
+                            'num_kv_heads=0 and no gate bias')
+        return dict(model_type='gpt2', architectures=['GPT2LMHeadModel'], vocab_size=vocab_size,
+                    n_embd=o['width'], n_layer=o['depth'], n_head=heads, n_inner=o['mlp_dim'],
+                    n_positions=o['max_len'], activation_function='gelu_new',
+                    layer_norm_epsilon=o['norm_eps'], tie_word_embeddings=True,
+                    resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    if (o['positions'], o['norm'], o['mlp']) != ('rope', 'rmsnorm', 'swiglu'):
+        raise UserError('export to Hugging Face: the model must be GPT-2-like (learned '
+                        "positions, layernorm, gelu) or Llama-like (rope, rmsnorm, swiglu); it "
+                        f"has positions={o['positions']!r}, norm={o['norm']!r}, mlp={o['mlp']!r}")
+    bias = set(o['bias'])
+    attention, mlp = bias & {'qkv', 'out'}, bias & {'up', 'gate', 'down'}
+    if bias == {'qkv'}:
+        family, extra = 'qwen2', dict(use_sliding_window=False, architectures=['Qwen2ForCausalLM'])
+    elif attention in (set(), {'qkv', 'out'}) and mlp in (set(), {'up', 'gate', 'down'}):
+        family = 'llama'
+        extra = dict(attention_bias=bool(attention), mlp_bias=bool(mlp),
+                     architectures=['LlamaForCausalLM'])
+    else:
+        raise UserError(f"export to Hugging Face: bias={o['bias']} has no Llama-family form "
+                        "(none, ('qkv',), ('qkv', 'out'), or the MLP's three too)")
+    return dict(model_type=family, vocab_size=vocab_size, hidden_size=o['width'],
+                num_hidden_layers=o['depth'], num_attention_heads=heads,
+                num_key_value_heads=kv_heads, head_dim=o['width'] // heads,
+                intermediate_size=o['mlp_dim'], hidden_act='silu',
+                max_position_embeddings=o['max_len'], rms_norm_eps=o['norm_eps'],
+                rope_parameters=dict(rope_type='default', rope_theta=o['rope_theta']),
+                tie_word_embeddings=o['tied_embeddings'], **extra)
+
+
+SAFETENSORS_DTYPES = {'F64': np.float64, 'F32': np.float32, 'F16': np.float16,
+                      'BF16': ml_dtypes.bfloat16, 'I64': np.int64, 'I32': np.int32,
+                      'I16': np.int16, 'I8': np.int8, 'U8': np.uint8, 'BOOL': np.bool_}
+
+
+class Tensors:
+    """The tensors of a Hugging Face folder by name, memory-mapped from its .safetensors files
+    (one, or the shards model.safetensors.index.json lists): each is read when asked for."""
+
+    def __init__(self, folder):
+        folder = epath.Path(folder)
+        index = folder / INDEX_FILE
+        if index.exists():
+            files = sorted(set(json.loads(index.read_text())['weight_map'].values()))
+        elif (folder / WEIGHTS_FILE).exists():
+            files = [WEIGHTS_FILE]
+        else:
+            raise UserError(f'{folder} has no {WEIGHTS_FILE} or {INDEX_FILE}: save the model '
+                            'with save_pretrained(..., safe_serialization=True)')
+        self.entries = {}  # name -> (file, dtype, shape, start, stop)
+        for name in files:
+            path = folder / name
+            with path.open('rb') as f:
+                size = int.from_bytes(f.read(8), 'little')
+                header = json.loads(f.read(size))
+            for tensor, entry in header.items():
+                if tensor != '__metadata__':
+                    start, stop = entry['data_offsets']
+                    self.entries[tensor] = (path, entry['dtype'], tuple(entry['shape']),
+                                            8 + size + start, 8 + size + stop)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.entries
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        """The tensor, as float32 (its stored dtype for integers)."""
+        if name not in self.entries:
+            raise UserError(f'the Hugging Face checkpoint has no tensor {name!r}')
+        path, dtype, shape, start, stop = self.entries[name]
+        count = int(np.prod(shape))
+        array = np.memmap(path, SAFETENSORS_DTYPES[dtype], 'r', start, (count,)) if count else \
+            np.zeros(0, SAFETENSORS_DTYPES[dtype])
+        floating = dtype in ('F64', 'F32', 'F16', 'BF16')
+        return np.asarray(array.reshape(shape), np.float32 if floating else None)
+
+
+def write_safetensors(path, tensors: dict[str, np.ndarray]) -> None:
+    """One .safetensors file (header, then each tensor's bytes; safetensors' format)."""
+    names = {np.dtype(v): k for k, v in SAFETENSORS_DTYPES.items()}
+    header, offset = {'__metadata__': {'format': 'pt'}}, 0
+    for name, array in tensors.items():
+        header[name] = {'dtype': names[array.dtype], 'shape': list(array.shape),
+                        'data_offsets': [offset, offset + array.nbytes]}
+        offset += array.nbytes
+    text = json.dumps(header, separators=(',', ':')).encode()
+    text += b' ' * (-len(text) % 8)  # the data starts 8-byte aligned
+    with epath.Path(path).open('wb') as f:
+        f.write(len(text).to_bytes(8, 'little') + text)
+        for array in tensors.values():
+            f.write(np.ascontiguousarray(array).tobytes())
+
+
+
+@dataclasses.dataclass(frozen=True)
+class _Pair:
+    """One bigjax parameter and the Hugging Face tensors it is made of, both ways."""
+
+    name: str  # bigjax's, in a block without 'encoder/block<i>/'
+    tensors: tuple  # Hugging Face names
+    load: Callable  # (*tensors) -> the parameter
+    save: Callable  # the parameter -> tuple of tensors
+
+
+def _same(name, tensor, transpose=False):
+    flip = (lambda a: a.T) if transpose else (lambda a: a)
+    return _Pair(name, (tensor,), flip, lambda a: (flip(a),))
+
+
+def _gpt2_pairs(o: dict) -> tuple[list, Callable]:
+    """GPT-2: Conv1D weights (in, out); c_attn holds queries, keys and values side by side."""
+    heads, k = o['num_heads'], o['width'] // o['num_heads']
+    top = [_same('token_embedding/embedding', 'wte.weight'),
+           _same('encoder/position_embedding', 'wpe.weight'),
+           _same('encoder/final_norm/scale', 'ln_f.weight'),
+           _same('encoder/final_norm/bias', 'ln_f.bias')]
+
+    def block(p):
+        return [
+            _same('attention_norm/scale', p + 'ln_1.weight'),
+            _same('attention_norm/bias', p + 'ln_1.bias'),
+            _Pair('attention/qkv/kernel', (p + 'attn.c_attn.weight',),  # (D, 3D) -> (D, H, 3, K)
+                  lambda w: w.reshape(w.shape[0], 3, heads, k).transpose(0, 2, 1, 3),
+                  lambda w: (w.transpose(0, 2, 1, 3).reshape(w.shape[0], -1),)),
+            _Pair('attention/qkv/bias', (p + 'attn.c_attn.bias',),
+                  lambda b: b.reshape(3, heads, k).transpose(1, 0, 2),
+                  lambda b: (b.transpose(1, 0, 2).reshape(-1),)),
+            _Pair('attention/out/kernel', (p + 'attn.c_proj.weight',),
+                  lambda w: w.reshape(heads, k, -1), lambda w: (w.reshape(heads * k, -1),)),
+            _same('attention/out/bias', p + 'attn.c_proj.bias'),
+            _same('mlp_norm/scale', p + 'ln_2.weight'),
+            _same('mlp_norm/bias', p + 'ln_2.bias'),
+            _same('mlp/up/kernel', p + 'mlp.c_fc.weight'),
+            _same('mlp/up/bias', p + 'mlp.c_fc.bias'),
+            _same('mlp/down/kernel', p + 'mlp.c_proj.weight'),
+            _same('mlp/down/bias', p + 'mlp.c_proj.bias')]
+    return top, lambda i: block(f'h.{i}.')
+
+
+def _llama_pairs(o: dict) -> tuple[list, Callable]:
+    """Llama family: Linear weights (out, in); query head h belongs to key/value head h // R."""
+    groups = o['num_kv_heads'] or o['num_heads']
+    repeats, k = o['num_heads'] // groups, o['width'] // o['num_heads']
+    top = [_same('token_embedding/embedding', 'model.embed_tokens.weight'),
+           _same('encoder/final_norm/scale', 'model.norm.weight')]
+    if not o['tied_embeddings']:
+        top.append(_same('head/kernel', 'lm_head.weight', transpose=True))
+
+    def qkv(*qkv):  # (out, in) each -> (in, G, R + 2, K); biases (out,) -> (G, R + 2, K)
+        q, key, v = (a.T.reshape(*a.shape[1:], groups, -1, k) for a in qkv)
+        return np.concatenate([q, key, v], axis=-2)
+
+    def split(w):
+        q, key, v = np.split(w, [repeats, repeats + 1], axis=-2)
+        return tuple(a.reshape(*a.shape[:-3], -1).T for a in (q, key, v))
+
+    def block(p):
+        a, m = p + 'self_attn.', p + 'mlp.'
+        pairs = [_same('attention_norm/scale', p + 'input_layernorm.weight'),
+                 _Pair('attention/qkv/kernel', (a + 'q_proj.weight', a + 'k_proj.weight',
+                                                a + 'v_proj.weight'), qkv, split),
+                 _Pair('attention/out/kernel', (a + 'o_proj.weight',),
+                       lambda w: w.T.reshape(o['num_heads'], k, -1),
+                       lambda w: (w.reshape(o['num_heads'] * k, -1).T,)),
+                 _same('mlp_norm/scale', p + 'post_attention_layernorm.weight')]
+        pairs += [_same(f'mlp/{name}/kernel', f'{m}{name}_proj.weight', transpose=True)
+                  for name in ('up', 'gate', 'down')]
+        if 'qkv' in o['bias']:
+            pairs.append(_Pair('attention/qkv/bias', (a + 'q_proj.bias', a + 'k_proj.bias',
+                                                      a + 'v_proj.bias'), qkv, split))
+        if 'out' in o['bias']:
+            pairs.append(_same('attention/out/bias', a + 'o_proj.bias'))
+        pairs += [_same(f'mlp/{name}/bias', f'{m}{name}_proj.bias')
+                  for name in ('up', 'gate', 'down') if name in o['bias']]
+        return pairs
+    return top, lambda i: block(f'model.layers.{i}.')
+
+
+def _pairs(hf_config: dict) -> tuple[dict, list, Callable]:
+    options = transformer_options(hf_config)
+    top, block = (_gpt2_pairs if hf_config['model_type'] == 'gpt2' else _llama_pairs)(options)
+    return options, top, block
+
+
+def to_params(tensors, hf_config: dict, *, scan_layers: bool = False) -> dict:
+    """bigjax TransformerLM parameters (nested dicts of float32 numpy arrays) from the tensors
+    (`Tensors`, or a dict by name) of the Hugging Face model `hf_config` describes."""
+    options, top, block = _pairs(hf_config)
+    prefix = 'transformer.' if hf_config['model_type'] == 'gpt2' and \
+        'transformer.wte.weight' in tensors else ''  # GPT2LMHeadModel's names, or GPT2Model's
+    load = lambda pair: pair.load(*(tensors[prefix + name] for name in pair.tensors))
+    names = {pair.name: load(pair) for pair in top}
+    blocks = [{pair.name: load(pair) for pair in block(i)} for i in range(options['depth'])]
+    if scan_layers:
+        names.update({f'encoder/blocks/{name}': np.stack([b[name] for b in blocks])
+                      for name in blocks[0]})
+    else:
+        names.update({f'encoder/block{i}/{name}': value for i, b in enumerate(blocks)
+                      for name, value in b.items()})
+    return pytree.unflat(names)
+
+
+def from_params(params, hf_config: dict) -> dict[str, np.ndarray]:
+    """The Hugging Face tensors (float32, by name) of bigjax TransformerLM `params`; a GPT-2
+    bias bigjax does not have is written as zeros."""
+    options, top, block = _pairs(hf_config)
+    names = {name: np.asarray(value, np.float32) for name, value in pytree.flat(params).items()}
+    scanned = any(name.startswith('encoder/blocks/') for name in names)
+    tensors = {}
+
+    def save(pair, value):
+        tensors.update(zip(pair.tensors, pair.save(value)))
+
+    for pair in top:
+        save(pair, names[pair.name])
+    for i in range(options['depth']):
+        for pair in block(i):
+            name = f'encoder/blocks/{pair.name}' if scanned else f'encoder/block{i}/{pair.name}'
+            value = names[name][i] if scanned and name in names else names.get(name)
+            save(pair, _zero_bias(names, name, i if scanned else None)
+                 if value is None else value)
+    return tensors
+
+
+def _zero_bias(names: dict, bias_name: str, layer) -> np.ndarray:
+    """Zeros shaped as the bias of the kernel beside `bias_name` (its output axes)."""
+    kernel = names[bias_name.rsplit('/', 1)[0] + '/kernel']
+    kernel = kernel if layer is None else kernel[layer]
+    inputs = 2 if bias_name.endswith('out/bias') else 1
+    return np.zeros(kernel.shape[inputs:], np.float32)

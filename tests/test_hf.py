@@ -1,0 +1,118 @@
+"""Hugging Face GPT-2 and Llama-family checkpoints in and out (bigjax/hf.py), checked against
+transformers' own forward pass on tiny random models built and saved here (no download)."""
+
+import json
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from bigjax import hf
+from bigjax.errors import UserError
+from bigjax.models.transformer import TransformerConfig, TransformerLM
+
+torch = pytest.importorskip('torch')
+transformers = pytest.importorskip('transformers')
+
+TOKENS = np.array([[5, 17, 3, 99, 42, 0, 8, 64, 23, 11, 7, 2],
+                   [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]])
+
+
+def gpt2():
+    return transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=32, vocab_size=100)
+
+
+def llama(**overrides):
+    return transformers.LlamaConfig(**{
+        'hidden_size': 64, 'intermediate_size': 96, 'num_hidden_layers': 2,
+        'num_attention_heads': 4, 'num_key_value_heads': 2, 'vocab_size': 100,
+        'max_position_embeddings': 64, 'rms_norm_eps': 1e-5, 'tie_word_embeddings': False,
+        'rope_parameters': {'rope_type': 'default', 'rope_theta': 500_000.0}, **overrides})
+
+
+def qwen2():
+    return transformers.Qwen2Config(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=2, vocab_size=100,
+                                    max_position_embeddings=64, tie_word_embeddings=True)
+
+
+def saved(config, folder):
+    """A transformers model of `config` with every weight random (biases and norms too),
+    saved as save_pretrained does."""
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0.0, 0.3)
+    model.save_pretrained(folder)
+    return model
+
+
+def torch_logits(model) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.tensor(TOKENS)).logits.numpy()
+
+
+def bigjax_logits(params, options: dict, **model_options) -> np.ndarray:
+    options = dict(options, **model_options)
+    vocab_size = options.pop('vocab_size')
+    model = TransformerLM(TransformerConfig(**options), vocab_size)
+    return np.asarray(model.apply({'params': params}, TOKENS, train=False))
+
+
+def assert_close(actual, expected):
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(actual / scale, expected / scale, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize('family', ['gpt2', 'llama', 'llama_biases', 'qwen2'])
+def test_imported_models_give_transformers_logits_and_export_back(family, tmp_path):
+    config = {'gpt2': gpt2, 'llama': llama, 'qwen2': qwen2,
+              'llama_biases': lambda: llama(attention_bias=True, mlp_bias=True)}[family]()
+    model = saved(config, tmp_path / 'hf')
+    expected = torch_logits(model)
+    hf_config = hf.read_config(tmp_path / 'hf')
+    options = hf.transformer_options(hf_config)
+    params = hf.to_params(hf.Tensors(tmp_path / 'hf'), hf_config)
+    assert_close(bigjax_logits(params, options), expected)
+    scanned = hf.to_params(hf.Tensors(tmp_path / 'hf'), hf_config, scan_layers=True)
+    assert_close(bigjax_logits(scanned, options, scan_layers=True), expected)
+
+    out = tmp_path / 'exported'
+    out.mkdir()
+    exported_config = hf.hf_config({k: v for k, v in options.items() if k != 'vocab_size'},
+                                   options['vocab_size'])
+    (out / 'config.json').write_text(json.dumps(exported_config))
+    hf.write_safetensors(out / 'model.safetensors', hf.from_params(scanned, exported_config))
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert_close(torch_logits(reloaded), expected)
+
+
+def test_a_bigjax_model_without_biases_exports_as_gpt2_with_zero_biases(tmp_path):
+    cfg = TransformerConfig(width=32, depth=2, num_heads=4, mlp_dim=64, max_len=16)
+    model = TransformerLM(cfg, 100)
+    params = nn.unbox(model.init(jax.random.key(0), TOKENS, train=False)['params'])
+    options = {field: getattr(cfg, field) for field in cfg.__dataclass_fields__}
+    exported_config = hf.hf_config(options, 100)
+    assert exported_config['model_type'] == 'gpt2'
+    (tmp_path / 'config.json').write_text(json.dumps(exported_config))
+    hf.write_safetensors(tmp_path / 'model.safetensors', hf.from_params(params, exported_config))
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert_close(torch_logits(reloaded), np.asarray(model.apply({'params': params}, TOKENS,
+                                                                train=False)))
+
+
+@pytest.mark.parametrize('config, message', [
+    (lambda: transformers.BertConfig(), "model_type 'bert' is not supported"),
+    (lambda: llama(rope_parameters={'rope_type': 'linear', 'factor': 2.0, 'rope_theta': 1e4}),
+     "rope_type='linear'"),
+    (lambda: llama(hidden_act='gelu'), "hidden_act='gelu'"),
+    (lambda: llama(head_dim=32), 'head_dim=32'),
+    (lambda: transformers.GPT2Config(activation_function='relu'), "activation_function='relu'"),
+    (lambda: transformers.MistralConfig(sliding_window=16), 'sliding_window=16'),
+])
+def test_what_bigjax_cannot_compute_is_a_one_line_error(config, message):
+    with pytest.raises(UserError, match=message.replace('(', r'\(')) as error:
+        hf.transformer_options(config().to_dict())
+    assert '\n' not in str(error.value)
