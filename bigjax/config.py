@@ -47,6 +47,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.text.feature = 'text'  # the tfds feature holding the text
     c.data.text.label_feature = 'label'  # classification: a ClassLabel or bool feature
     c.data.text.tokenizer = 'byte'  # 'byte' (258 ids) | 'char' | 'bpe' (learnt from the train split)
+    # | 'hf:FOLDER' (a Hugging Face model's own tokenizer.json)
     c.data.text.vocab_size = 4096  # 'bpe' only
     c.data.text.tokenizer_data = ''  # char/bpe: learnt from this dataset's train_split ('' = ours)
     c.data.text.tokenizer_sample = 10 ** 8  # char/bpe: learnt from about this many characters,

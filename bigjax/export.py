@@ -11,7 +11,6 @@ import orbax.checkpoint as ocp
 from bigjax import finetune, hf, pytree
 from bigjax import plan as plan_lib
 from bigjax import workdir as workdir_lib
-from bigjax.data.tokenizers import EOS_ID, PAD_ID
 from bigjax.errors import UserError
 
 FORMATS = ('bigjax', 'hf')
@@ -58,21 +57,24 @@ def export(config, workdir, export_dir, export_format: str = 'bigjax') -> str:
 
 
 def hf_model(plan, params, options: dict, out) -> str:
-    """Writes config.json, model.safetensors (float32) and, for a BPE, tokenizer.json and
-    tokenizer_config.json to `out`; returns what it wrote, in words."""
-    vocab_size = plan.dataset.vocab_size
+    """Writes config.json, model.safetensors (float32) and, for a BPE or a model's own tokenizer,
+    tokenizer.json and tokenizer_config.json to `out`; returns what it wrote, in words."""
+    vocab_size, tokenizer = plan.dataset.vocab_size, plan.dataset.tokenizer
     config = {**hf.hf_config(options, vocab_size), 'torch_dtype': 'float32',
-              'bos_token_id': EOS_ID, 'eos_token_id': EOS_ID, 'pad_token_id': PAD_ID}
+              'bos_token_id': tokenizer.eos_id, 'eos_token_id': tokenizer.eos_id,
+              'pad_token_id': tokenizer.pad_id}  # bigjax starts each document after an eos
     tensors = hf.from_params(params, config)  # before anything is written: it may refuse
     out.mkdir(parents=True, exist_ok=True)
     (out / hf.CONFIG_FILE).write_text(json.dumps(config, indent=2) + '\n')
     hf.write_safetensors(out / hf.WEIGHTS_FILE, tensors)
-    tokenizer = plan.dataset.tokenizer
     if tokenizer.json is not None:
+        from tokenizers import Tokenizer
+        token = Tokenizer.from_str(tokenizer.json).id_to_token
         (out / 'tokenizer.json').write_text(tokenizer.json)
         (out / 'tokenizer_config.json').write_text(json.dumps({
-            'tokenizer_class': 'PreTrainedTokenizerFast', 'bos_token': '<eos>',
-            'eos_token': '<eos>', 'pad_token': '<pad>'}, indent=2) + '\n')
+            'tokenizer_class': 'PreTrainedTokenizerFast', 'bos_token': token(tokenizer.eos_id),
+            'eos_token': token(tokenizer.eos_id), 'pad_token': token(tokenizer.pad_id)},
+            indent=2) + '\n')
     what = 'with its tokenizer' if tokenizer.json is not None else (
         f'without a tokenizer: transformers has none like bigjax\'s {tokenizer.name!r}')
     return f'a Hugging Face {config["model_type"]} model, {what}'

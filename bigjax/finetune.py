@@ -17,7 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from bigjax import pytree
+from bigjax import hf, pytree
 from bigjax import workdir as workdir_lib
 from bigjax.errors import UserError
 
@@ -104,6 +104,8 @@ def checkpoint_directory(init_config) -> epath.Path:
     """The checkpoint init_from names: <workdir>/checkpoints/<step> (latest if step is -1),
     or a checkpoint folder itself."""
     path = workdir_lib.resolve(init_config.path)
+    if hf.is_hf_folder(path):
+        return path
     steps_dir = path / 'checkpoints'
     if steps_dir.is_dir():
         steps = sorted(int(p.name) for p in steps_dir.iterdir()
@@ -118,7 +120,8 @@ def checkpoint_directory(init_config) -> epath.Path:
     if (path / 'state').is_dir():
         return path
     raise UserError(f'init_from.path={init_config.path}: no checkpoint there (expected a '
-                    'workdir with checkpoints/<step>/, or a checkpoint folder with state/)')
+                    'workdir with checkpoints/<step>/, a checkpoint folder with state/, or a '
+                    'Hugging Face model folder with config.json)')
 
 
 def _variables(state_tree) -> dict:
@@ -137,13 +140,22 @@ def _names(variables: dict) -> dict[str, object]:
     return out
 
 
+def _scanned(names) -> bool:
+    """Whether the blocks of the model these parameter names belong to are stacked (scan_layers)."""
+    return any(name.startswith('encoder/blocks/') for name in names)
+
+
 def plan_load(init_config, abstract_state) -> LoadPlan:
     """Matches the checkpoint's arrays to this model's by name and shape; raises UserError for
     a shape mismatch not allowed by init_from.resize, or patterns that match nothing."""
     directory = checkpoint_directory(init_config)
-    metadata = ocp.PyTreeCheckpointer().metadata(directory / 'state').item_metadata
-    saved = {n: tuple(a.shape) for n, a in _names(_variables(metadata.tree)).items()}
     wanted = {n: tuple(a.shape) for n, a in _names(_variables(abstract_state)).items()}
+    if hf.is_hf_folder(directory):
+        saved = {n: tuple(a.shape) for n, a in pytree.flat(hf.param_shapes(
+            hf.read_config(directory), scan_layers=_scanned(wanted))).items()}
+    else:
+        metadata = ocp.PyTreeCheckpointer().metadata(directory / 'state').item_metadata
+        saved = {n: tuple(a.shape) for n, a in _names(_variables(metadata.tree)).items()}
     bare = lambda n: n.split(':', 1)[-1]
     skip = matching(init_config.skip, {bare(n) for n in wanted}, 'init_from.skip')
     resize = matching(init_config.resize, {bare(n) for n in wanted}, 'init_from.resize')
@@ -170,7 +182,10 @@ TOKENIZER_KEYS = ('train_split', 'text.feature', 'text.tokenizer', 'text.vocab_s
 
 
 def saved_config(directory: epath.Path) -> dict | None:
-    """The config (as a dict) of the run that wrote the checkpoint in `directory`, if known."""
+    """The config (as a dict) of the run that wrote the checkpoint in `directory`, if known (a
+    Hugging Face folder's config.json is not a bigjax config)."""
+    if hf.is_hf_folder(directory):
+        return None
     for path in (directory / 'config' / 'metadata', directory / 'config.json'):
         if path.exists():
             return json.loads(path.read_text())
@@ -238,12 +253,18 @@ def with_label_words(plan: LoadPlan, init_config, dataset) -> LoadPlan:
 
 def load(plan: LoadPlan) -> dict[str, np.ndarray]:
     """{name: array} of the loaded and resized arrays, on the host (resized ones linearly
-    interpolated to their new shape; a label-word head taken from the output layer)."""
-    metadata = ocp.PyTreeCheckpointer().metadata(plan.directory / 'state').item_metadata.tree
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
-    restored = ocp.PyTreeCheckpointer().restore(plan.directory / 'state',
-                                                restore_args=restore_args)
-    saved = _names(_variables(restored))
+    interpolated to their new shape; a label-word head taken from the output layer; from a
+    Hugging Face folder, mapped by bigjax/hf.py)."""
+    if hf.is_hf_folder(plan.directory):
+        saved = pytree.flat(hf.to_params(hf.Tensors(plan.directory),
+                                         hf.read_config(plan.directory),
+                                         scan_layers=_scanned(plan.loaded)))
+    else:
+        metadata = ocp.PyTreeCheckpointer().metadata(plan.directory / 'state').item_metadata.tree
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
+        restored = ocp.PyTreeCheckpointer().restore(plan.directory / 'state',
+                                                    restore_args=restore_args)
+        saved = _names(_variables(restored))
     arrays = {name: np.asarray(saved[name]) for name in plan.loaded}
     for name, _, shape in plan.resized:
         arrays[name] = np.asarray(jax.image.resize(saved[name].astype(np.float32), shape,

@@ -14,6 +14,9 @@ import dataclasses
 import json
 from typing import Callable
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 from etils import epath
@@ -284,6 +287,17 @@ def _llama_pairs(o: dict) -> tuple[list, Callable]:
                   for name in ('up', 'gate', 'down') if name in o['bias']]
         return pairs
     return top, lambda i: block(f'model.layers.{i}.')
+
+
+def param_shapes(hf_config: dict, *, scan_layers: bool = False) -> dict:
+    """The shapes (jax.ShapeDtypeStructs) of to_params' result, without reading any tensor."""
+    from bigjax.models.transformer import TransformerConfig, TransformerLM
+    options = transformer_options(hf_config)
+    vocab_size = options.pop('vocab_size')
+    model = TransformerLM(TransformerConfig(**options, scan_layers=scan_layers), vocab_size)
+    tokens = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+    return nn.unbox(jax.eval_shape(lambda t: model.init(jax.random.key(0), t, train=False),
+                                   tokens)['params'])
 
 
 def _pairs(hf_config: dict) -> tuple[dict, list, Callable]:

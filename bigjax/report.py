@@ -29,7 +29,6 @@ from bigjax import (finetune, metrics, model_diagram, models, parallel, pytree, 
 from bigjax import plan as plan_lib
 from bigjax import workdir as workdir_lib
 from bigjax.data import augment
-from bigjax.data.tokenizers import EOS_ID, PAD_ID
 from bigjax.errors import UserError
 
 REPORT_FILE = 'report.html'
@@ -314,14 +313,14 @@ def _data(plan, figures: _Figures) -> str:
         return '<p>Synthetic tokens: nothing to show.</p>'
     if dataset.kind == 'text_lm':
         stream = tokens[:, 1:].reshape(-1)  # windows overlap by one token
-        ends = np.flatnonzero(stream == EOS_ID)
+        ends = np.flatnonzero(stream == tokenizer.eos_id)
         lengths = np.diff(ends)
         documents = [tokenizer.decode(stream[a + 1:b]) for a, b in zip(ends[:3], ends[1:4])]
         out.append('<h3>Training documents (the first three whole ones)</h3>' + ''.join(
             f'<pre class="doc">{html.escape(_snippet(d, 1500))}</pre>' for d in documents))
         caption = 'Tokens per document (between end-of-document ids) in the training split.'
     else:
-        lengths = (tokens != PAD_ID).sum(1)
+        lengths = (tokens != tokenizer.pad_id).sum(1)
         names, labels = dataset.class_names, dataset.train.arrays['label']
         out.append('<h3>Training examples</h3>' + _table(
             ['label', 'text'], [[names[labels[i]], _snippet(tokenizer.decode(tokens[i]))]
@@ -332,9 +331,9 @@ def _data(plan, figures: _Figures) -> str:
         out.append(figures.add('token_lengths', caption, viz.histogram, lengths,
                                title='token lengths', xlabel='tokens'))
     sample = tokens.reshape(-1)[:4_000_000]
-    real = sample[(sample != PAD_ID) & (sample != EOS_ID)]
+    real = sample[(sample != tokenizer.pad_id) & (sample != tokenizer.eos_id)]
     token_bytes, _ = tokenizer.token_lengths()
-    counts = np.bincount(real, minlength=tokenizer.vocab_size)[2:]
+    counts = np.bincount(real, minlength=tokenizer.vocab_size)
     out.append(figures.add('token_coverage', f'{tokenizer.name}: share of the training tokens '
                                              'covered by the most frequent token ids.',
                            viz.token_coverage, counts,

@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 
 from bigjax import plan as plan_lib
-from bigjax.data.tokenizers import EOS_ID
 from bigjax.errors import UserError
 from bigjax.models.transformer import TransformerLM
 
@@ -83,7 +82,8 @@ def from_workdir(config, workdir, prompt: str, *, num_tokens: int, temperature: 
         raise UserError(f'--mode=sample needs a language model trained on text; '
                         f'data.name={config.data.name!r} with model.name={config.model.name!r} '
                         'is not one')
-    ids = [EOS_ID, *plan.dataset.tokenizer.encode_batch([prompt])[0]]  # as a document starts
+    tokenizer = plan.dataset.tokenizer
+    ids = [tokenizer.eos_id, *tokenizer.encode_batch([prompt])[0]]  # as a document starts
     out = generate_any_length(plan.model, state.params, jnp.asarray([ids], jnp.int32),
                               jax.random.PRNGKey(seed), num_tokens=num_tokens,
                               temperature=temperature, top_k=top_k)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from bigjax import hf
+from bigjax.data import tokenizers
 from bigjax.errors import UserError
 from bigjax.models.transformer import TransformerConfig, TransformerLM
 
@@ -116,3 +117,70 @@ def test_what_bigjax_cannot_compute_is_a_one_line_error(config, message):
     with pytest.raises(UserError, match=message.replace('(', r'\(')) as error:
         hf.transformer_options(config().to_dict())
     assert '\n' not in str(error.value)
+
+
+def tokenizer_folder(folder, texts):
+    """A byte-level BPE saved as transformers saves one, its end of text '<|endoftext|>' at
+    id 0 (unlike bigjax's own, which put '<eos>' at 1)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=['<|endoftext|>'], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer,
+                                         eos_token='<|endoftext|>').save_pretrained(folder)
+    return tokenizer.get_vocab_size()
+
+
+def test_fine_tune_a_hugging_face_llama_with_its_own_tokenizer(tmp_path):
+    """configs/hf_finetune.py:FOLDER,smoke: the weights load, the text is tokenized by the
+    model's tokenizer (documents joined by its end of text), LoRA trains the adapters only,
+    sampling decodes with it, and the export loads back into transformers."""
+    from bigjax import config as config_lib
+    from bigjax import export, sample, train
+    from bigjax import plan as plan_lib
+    corpus = ['def spam(eggs):\n    return [egg * 2 for egg in eggs]\n',
+              'class Ham:\n    """A ham."""\n    size = 3\n'] * 40
+    folder = tmp_path / 'hf'
+    vocab_size = tokenizer_folder(folder, corpus)
+    model = saved(llama(vocab_size=vocab_size), folder)
+    config = config_lib.from_file(f'configs/hf_finetune.py:{folder},smoke')
+    config.report.enabled = False
+    workdir = tmp_path / 'run'
+    train.run(config, workdir)
+
+    plan, state, _ = plan_lib.load_state(config, workdir)
+    tokens = np.asarray(plan.dataset.train.arrays['tokens'])
+    assert plan.dataset.tokenizer.eos_id == 0 and (tokens == 0).any() and tokens.max() > 250
+    up = model.model.layers[1].mlp.up_proj.weight.detach().numpy().T
+    np.testing.assert_array_equal(np.asarray(state.params['encoder']['block1']['mlp']['up'][
+        'kernel']), up)  # loaded, and frozen under LoRA
+    assert np.abs(np.asarray(state.params['encoder']['block1']['attention'][
+        'qkv_lora_b'])).max() > 0  # the adapters trained
+    text = sample.from_workdir(config, workdir, 'def ', num_tokens=8, temperature=0.0, top_k=0)
+    assert isinstance(text, str) and '<|endoftext|>' not in text
+    summary = export.export(config, workdir, tmp_path / 'out', 'hf')
+    assert 'llama model, with its tokenizer (LoRA adapters merged)' in summary
+    assert tokenizers.PretrainedTokenizer(str(tmp_path / 'out')).eos_id == 0  # its own, again
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / 'out').eval()
+    merged = plan.model.apply({'params': state.params}, TOKENS % vocab_size, train=False)
+    with torch.no_grad():
+        logits = reloaded(torch.tensor(TOKENS % vocab_size)).logits.numpy()
+    assert_close(logits, np.asarray(merged))
+
+
+def test_a_models_own_tokenizer_round_trips_counts_bytes_and_names_its_ids(tmp_path):
+    vocab_size = tokenizer_folder(tmp_path, ['def spam(eggs):\n    return eggs\n'] * 20)
+    tokenizer = tokenizers.PretrainedTokenizer(str(tmp_path))
+    assert (tokenizer.eos_id, tokenizer.pad_id, tokenizer.vocab_size) == (0, 0, vocab_size)
+    text = 'def ünïcode(x):\n    return x  # <|endoftext|> written in a document is text'
+    ids = tokenizer.encode_batch([text])[0]
+    assert 0 not in ids and tokenizer.decode(ids) == text
+    assert tokenizer.token_lengths()[0][ids].sum() == len(text.encode())
+    with pytest.raises(UserError, match='no tokenizer.json there'):
+        tokenizers.PretrainedTokenizer(str(tmp_path / 'nothing'))
+    with pytest.raises(UserError, match="tokenizer='hf:' is not one of"):
+        tokenizers.check(type('Text', (), {'tokenizer': 'hf:', 'vocab_size': 0,
+                                           'tokenizer_sample': 0})())

@@ -179,6 +179,7 @@ def _text(builder, data_config) -> Dataset:
                 'drop_duplicates': t.drop_duplicates}
     text.Cleaner(**cleaning)  # A bad setting is an error before anything is read.
     tokenizer = _tokenizer(*_tokenizer_source(builder, train, data_config), t, cleaning)
+    tokenizers.check_padding(tokenizer, task)
     dtype = text.token_dtype(tokenizer.vocab_size)
 
     def split(tfds_split):
@@ -249,7 +250,7 @@ def _tokenizer_source(builder, train_split, data_config):
     """(builder, split) a char or BPE tokenizer is learnt from: this dataset's training split, or
     data.text.tokenizer_data's split of the same name (the pretraining corpus, when fine-tuning
     on another dataset)."""
-    if not data_config.text.tokenizer_data or data_config.text.tokenizer == 'byte':
+    if not data_config.text.tokenizer_data or data_config.text.tokenizer not in tokenizers.LEARNT:
         return builder, train_split
     other = data_config.copy_and_resolve_references()
     other.name = data_config.text.tokenizer_data
@@ -258,12 +259,12 @@ def _tokenizer_source(builder, train_split, data_config):
 
 
 def _tokenizer(builder, train_split, text_config, cleaning: dict) -> tokenizers.Tokenizer:
-    """The byte tokenizer, or characters / BPE learnt from the cleaned training split, or from a
-    sample of it of about data.text.tokenizer_sample characters: evenly spread blocks of
-    SAMPLE_RECORDS documents (tokenizers.sample). Cached beside the split."""
+    """The byte tokenizer or a model's own, or characters / BPE learnt from the cleaned training
+    split, or from a sample of it of about data.text.tokenizer_sample characters: evenly spread
+    blocks of SAMPLE_RECORDS documents (tokenizers.sample). Cached beside the split."""
     kind = text_config.tokenizer
-    if kind == 'byte':
-        return tokenizers.ByteTokenizer()
+    if kind not in tokenizers.LEARNT:
+        return tokenizers.load(kind)
     num_records = len(train_split.source)
 
     def read_block(block: int) -> list[str]:

@@ -9,8 +9,6 @@ from bigjax.data import datasets, sources, text, tokenizers
 from bigjax.data.core import DATASETS, Dataset, Split
 from bigjax.errors import UserError
 
-BYTE_VOCAB = tokenizers.ByteTokenizer.vocab_size
-
 
 def describe(data_config) -> Dataset:
     """The Dataset `open_dataset` would return, with its kind, classes, shapes and vocabulary
@@ -60,7 +58,7 @@ def _text(data_config, task: str, class_names: tuple) -> Dataset:
     if t.tokenizer == 'char':
         raise UserError("data.text.tokenizer='char' learns its vocabulary from the data, which "
                         "compiling without data cannot read: use 'byte' or 'bpe', or train once")
-    vocab = BYTE_VOCAB if t.tokenizer == 'byte' else t.vocab_size
+    vocab = t.vocab_size if t.tokenizer == 'bpe' else tokenizers.load(t.tokenizer).vocab_size
     kind = f'text_{task}'
     return Dataset(data_config.name, kind, _UNREAD, _UNREAD, num_classes=len(class_names),
                    class_names=class_names, seq_len=t.seq_len, vocab_size=vocab)

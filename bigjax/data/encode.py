@@ -26,7 +26,7 @@ def write_lm(blocks: Blocks, tokenizer: Tokenizer, folder: epath.Path, seq_len: 
              name: str = 'tokens') -> tuple[int, int]:
     """`name`.npy in `folder`: the documents' tokens packed into windows (text.Packer). Returns
     (windows, tokens with the end-of-document ids); no window means the text is too short."""
-    packer = text.Packer(seq_len, dtype)
+    packer = text.Packer(seq_len, dtype, tokenizer.eos_id)
     writer = cache.ArrayWriter(folder / f'{name}.npy', (seq_len + 1,), dtype)
     num_tokens = 0
     for _, token_docs in _encoded(blocks, tokenizer):

@@ -109,15 +109,15 @@ class Packer:
     end-of-document ids, cut into windows of seq_len + 1 tokens that overlap by one (inputs are
     [:-1], targets [1:]); the tail that never fills a window is dropped."""
 
-    def __init__(self, seq_len: int, dtype):
-        self.seq_len, self.dtype = seq_len, dtype
+    def __init__(self, seq_len: int, dtype, eos_id: int = EOS_ID):
+        self.seq_len, self.dtype, self.eos_id = seq_len, dtype, eos_id
         self._rest = np.zeros(0, dtype)  # tokens after the last full window's start
 
     def __call__(self, token_docs: list[np.ndarray]) -> np.ndarray:
         """The windows completed by these documents, (num_windows, seq_len + 1)."""
         ends = np.cumsum([len(ids) for ids in token_docs], dtype=np.int64)
         tokens = np.concatenate([self._rest, *token_docs]).astype(self.dtype)
-        stream = np.insert(tokens, len(self._rest) + ends, EOS_ID)
+        stream = np.insert(tokens, len(self._rest) + ends, self.eos_id)
         num_windows = max((len(stream) - 1) // self.seq_len, 0)
         self._rest = stream[num_windows * self.seq_len:]
         if not num_windows:

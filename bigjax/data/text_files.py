@@ -83,9 +83,11 @@ def open_text_files(data_config):
     files = expand(data_config.paths)
     cleaning = {'unicode_form': t.unicode_form, 'whitespace': t.whitespace}
     key = {'files': signature(files), 'val_fraction': data_config.val_fraction,
-           'tokenizer': t.tokenizer, 'seq_len': t.seq_len, **cleaning,
+           'tokenizer': t.tokenizer if t.tokenizer in tokenizers.LEARNT else
+           tokenizers.load(t.tokenizer).name, 'seq_len': t.seq_len, **cleaning,
            **({'vocab_size': t.vocab_size} if t.tokenizer == 'bpe' else {}),
-           **({'tokenizer_sample': t.tokenizer_sample} if t.tokenizer != 'byte' else {})}
+           **({'tokenizer_sample': t.tokenizer_sample} if t.tokenizer in tokenizers.LEARNT
+              else {})}
 
     def build(folder):
         docs = [text.clean_text(read_utf8(f), **cleaning) for f in files]
@@ -95,7 +97,7 @@ def open_text_files(data_config):
                             f'by data.val_fraction={data_config.val_fraction}')
         trained, report = '', {'characters': [sum(map(len, train_docs)),
                                               sum(map(len, eval_docs))]}
-        if t.tokenizer != 'byte':
+        if t.tokenizer in tokenizers.LEARNT:
             sample = tokenizers.sample(lambda i: [train_docs[i]], len(train_docs),
                                        t.tokenizer_sample)
             trained = tokenizers.train(t.tokenizer, sample, t.vocab_size)

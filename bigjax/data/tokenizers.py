@@ -1,7 +1,8 @@
-"""Text <-> token ids: byte-level (no training), characters of the training text, or byte-level
-BPE trained once and cached.
+"""Text <-> token ids: byte-level (no training), characters of the training text, byte-level
+BPE trained once and cached, or a Hugging Face model's own tokenizer.json ('hf:FOLDER').
 
-All reserve id 0 for padding and id 1 for end-of-document. Byte and BPE round-trip any UTF-8 text
+bigjax's own reserve id 0 for padding and id 1 for end-of-document; a model's own has its ids
+(eos_id, pad_id). Byte and BPE round-trip any UTF-8 text
 exactly (whitespace and newlines included, which code needs); characters round-trip any text made
 of the training text's characters (others become one unknown id).
 """
@@ -20,7 +21,9 @@ from bigjax.errors import UserError
 PAD_ID = 0
 EOS_ID = 1
 UNKNOWN_ID = 2  # 'char': a character the training text does not have
-TOKENIZERS = ('byte', 'char', 'bpe')
+TOKENIZERS = ('byte', 'char', 'bpe', 'hf:FOLDER')
+LEARNT = ('char', 'bpe')  # learnt from the training text (and cached)
+PRETRAINED = 'hf:'  # data.text.tokenizer='hf:FOLDER': FOLDER/tokenizer.json, a model's own
 
 # Hugging Face's byte-level pre-tokenizer pattern (GPT-2's) for ASCII text, where Python's re
 # classes can state it exactly (tests compare it with the tokenizer's own pre-tokenizer).
@@ -38,7 +41,9 @@ class Tokenizer(Protocol):
     name: str  # identifies the exact vocabulary, for cache keys
     vocab_size: int
     encodes_in_parallel: bool  # encode_batch runs on several cores, outside Python's GIL
-    json: str | None  # its Hugging Face tokenizer.json, where it has one (bpe)
+    json: str | None  # its Hugging Face tokenizer.json, where it has one (bpe, hf:)
+    eos_id: int  # separates documents (and starts a prompt)
+    pad_id: int  # fills classification examples
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]: ...
 
@@ -56,6 +61,7 @@ class ByteTokenizer:
     vocab_size = 258
     encodes_in_parallel = False
     json = None
+    eos_id, pad_id = EOS_ID, PAD_ID
     _offset = 2
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
@@ -73,6 +79,8 @@ class ByteTokenizer:
 
 class BpeTokenizer:
     """A byte-level BPE model (Hugging Face `tokenizers`) from its JSON serialisation."""
+
+    eos_id, pad_id = EOS_ID, PAD_ID
 
     def __init__(self, json_text: str, memoise: bool | None = None):
         """memoise: encode ASCII documents through PieceMemo (None: on hosts of at most
@@ -176,6 +184,7 @@ class CharTokenizer:
     _offset = 3
     encodes_in_parallel = False
     json = None
+    eos_id, pad_id = EOS_ID, PAD_ID
 
     def __init__(self, chars: str):
         self.chars = chars
@@ -260,14 +269,26 @@ def train(kind: str, texts: list[str], vocab_size: int) -> str:
 
 
 def load(kind: str, trained: str = '') -> Tokenizer:
-    """The tokenizer of `kind`, from what `train` returned (nothing for 'byte')."""
+    """The tokenizer of `kind`, from what `train` returned (nothing for 'byte' and 'hf:')."""
     if kind == 'byte':
         return ByteTokenizer()
+    if kind.startswith(PRETRAINED):
+        return PretrainedTokenizer(kind[len(PRETRAINED):])
     return CharTokenizer(trained) if kind == 'char' else BpeTokenizer(trained)
 
 
+def check_padding(tokenizer: Tokenizer, task: str) -> None:
+    """Classifiers read padding as id 0 (models/transformer.py): a model's own tokenizer must
+    pad with it."""
+    if task == 'classification' and tokenizer.pad_id != PAD_ID:
+        raise UserError(f'{tokenizer.name} pads with id {tokenizer.pad_id}, and text '
+                        f'classification needs padding id {PAD_ID}: use it for language '
+                        "modelling, or data.text.tokenizer='bpe'")
+
+
 def check(text_config) -> None:
-    if text_config.tokenizer not in TOKENIZERS:
+    kind = text_config.tokenizer
+    if kind not in ('byte', *LEARNT) and not (kind.startswith(PRETRAINED) and kind[3:].strip()):
         raise UserError(f'data.text.tokenizer={text_config.tokenizer!r} is not one of {TOKENIZERS}')
     if text_config.tokenizer == 'bpe' and not 258 <= text_config.vocab_size <= 65536:
         raise UserError(f'data.text.vocab_size={text_config.vocab_size} must be in [258, 65536] '
@@ -275,3 +296,76 @@ def check(text_config) -> None:
     if text_config.tokenizer_sample < 0:
         raise UserError(f'data.text.tokenizer_sample={text_config.tokenizer_sample} must be >= 0 '
                         '(characters a tokenizer learns from; 0 = the whole split)')
+
+
+class PretrainedTokenizer:
+    """A Hugging Face model's own tokenizer: FOLDER/tokenizer.json, its end-of-text and padding
+    tokens from tokenizer_config.json (or config.json's ids; padding defaults to end-of-text), its
+    size the model's vocab_size where config.json gives one (embeddings may have spare rows).
+    Documents are encoded without the model's own BOS/EOS; bigjax joins them with eos_id."""
+
+    encodes_in_parallel = True
+
+    def __init__(self, folder: str):
+        from tokenizers import Tokenizer as HfTokenizer
+        folder = os.path.expanduser(folder)
+        path = os.path.join(folder, 'tokenizer.json')
+        if not os.path.isfile(path):
+            raise UserError(f'data.text.tokenizer=hf:{folder}: no tokenizer.json there (a folder '
+                            "as transformers' save_pretrained writes it)")
+        with open(path) as f:
+            self.json = f.read()
+        self._tokenizer = HfTokenizer.from_str(self.json)
+        self._tokenizer.encode_special_tokens = True  # special tokens in a document are text
+        settings, model = (_json_file(os.path.join(folder, name))
+                           for name in ('tokenizer_config.json', 'config.json'))
+
+        def token_id(key: str):
+            token = settings.get(f'{key}_token')
+            token = token.get('content') if isinstance(token, dict) else token
+            found = self._tokenizer.token_to_id(token) if token else None
+            given = model.get(f'{key}_token_id')
+            return found if found is not None else (given[0] if isinstance(given, list)
+                                                    else given)
+
+        self.eos_id = token_id('eos')
+        if self.eos_id is None:
+            raise UserError(f'{folder} names no end-of-text token (tokenizer_config.json '
+                            "eos_token or config.json eos_token_id): bigjax separates documents "
+                            'with it')
+        pad = token_id('pad')
+        self.pad_id = self.eos_id if pad is None else pad
+        self.vocab_size = max(self._tokenizer.get_vocab_size(), model.get('vocab_size', 0))
+        self.name = f'hf{self.vocab_size}-{hashlib.sha256(self.json.encode()).hexdigest()[:12]}'
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        return [np.asarray(e.ids, np.int32)
+                for e in self._tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids) -> str:
+        return self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def token_lengths(self) -> tuple[np.ndarray, np.ndarray]:
+        """Byte-level pieces by their bytes, byte fallbacks ('<0x0A>') as one byte, SentencePiece
+        pieces with '▁' as a space; special tokens as nothing."""
+        to_byte = {char: byte for byte, char in _byte_level_chars().items()}
+        special = {token.content for token in self._tokenizer.get_added_tokens_decoder().values()
+                   if token.special}
+        tokens = [b''] * self.vocab_size
+        for token, index in self._tokenizer.get_vocab().items():
+            if token in special or index >= self.vocab_size:
+                continue
+            if re.fullmatch(r'<0x[0-9A-Fa-f]{2}>', token):
+                tokens[index] = bytes([int(token[3:5], 16)])
+            elif all(char in to_byte for char in token):
+                tokens[index] = bytes(to_byte[char] for char in token)
+            else:
+                tokens[index] = token.replace('\u2581', ' ').encode()
+        return _lengths(tokens)
+
+
+def _json_file(path: str) -> dict:
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)

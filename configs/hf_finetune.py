@@ -1,0 +1,50 @@
+"""Fine-tune a Hugging Face causal LM with LoRA: configs/hf_finetune.py:FOLDER[,smoke].
+
+FOLDER holds what transformers' save_pretrained writes (config.json, model.safetensors or its
+shards, tokenizer.json): a GPT-2, Llama, Mistral or Qwen2. The model is built from its
+config.json (bigjax/hf.py), its weights are loaded (init_from.path), the text is tokenized with
+its own tokenizer (data.text.tokenizer='hf:FOLDER'), and rank-8 adapters on the attention train.
+The data default to the Python standard library's sources (offline); point data.name or
+data.paths at your own. --mode=export --export_format=hf writes the result back for transformers.
+python launch.py --config=configs/hf_finetune.py:/models/SmolLM-135M --workdir=/tmp/bigjax/ft
+"""
+
+from bigjax import hf
+from bigjax.config import default_config, shrink_to_smoke
+
+ROPE_MAX_LEN = 4096  # rotary models: longest sequence (and sampling's cache), whatever the folder says
+
+
+def get_config(arg: str | None = None):
+    folder, _, size = (arg or '').partition(',')
+    if not folder or folder == 'smoke' or size not in ('', 'smoke'):
+        raise ValueError('configs/hf_finetune.py needs the model folder: '
+                         'configs/hf_finetune.py:FOLDER or configs/hf_finetune.py:FOLDER,smoke')
+    config = default_config()
+    options = hf.transformer_options(hf.read_config(folder))
+    options.pop('vocab_size')
+    if options['positions'] == 'rope':
+        options['max_len'] = min(options['max_len'], ROPE_MAX_LEN)
+    config.model.name = 'transformer_lm'
+    config.model.transformer.update(options, lora_rank=8, lora_targets=('qkv', 'out'))
+    config.init_from.path = folder
+    config.data.name = 'python_stdlib'
+    config.data.eval_split = 'validation'
+    config.data.text.tokenizer = f'hf:{folder}'
+    config.data.text.seq_len = min(512, options['max_len'])
+    config.optim.name = 'adamw'
+    config.optim.learning_rate = 1e-3
+    config.optim.grad_clip_norm = 1.0
+    config.optim.schedule = 'cosine'
+    config.optim.warmup_steps = 20
+    config.train.batch_size = 16
+    config.train.num_steps = 300
+    config.train.log_every = 25
+    config.train.eval_every = 100
+    config.train.checkpoint_every = 100
+    if size == 'smoke':
+        config.data.eval_split = 'validation[:1]'
+        config.data.text.seq_len = 16
+        config.optim.warmup_steps = 2
+        shrink_to_smoke(config, num_steps=6)
+    return config
