@@ -103,7 +103,8 @@ class LoadPlan:
 def checkpoint_directory(init_config) -> epath.Path:
     """The checkpoint init_from names: <workdir>/checkpoints/<step> (latest if step is -1),
     or a checkpoint folder itself."""
-    path = workdir_lib.resolve(init_config.path)
+    spec = init_config.path
+    path = workdir_lib.resolve(hf.folder(spec) if spec.startswith('hf:') else spec)
     if hf.is_hf_folder(path):
         return path
     steps_dir = path / 'checkpoints'
@@ -251,29 +252,39 @@ def with_label_words(plan: LoadPlan, init_config, dataset) -> LoadPlan:
     return dataclasses.replace(plan, head_tokens=firsts)
 
 
-def load(plan: LoadPlan) -> dict[str, np.ndarray]:
-    """{name: array} of the loaded and resized arrays, on the host (resized ones linearly
-    interpolated to their new shape; a label-word head taken from the output layer; from a
-    Hugging Face folder, mapped by bigjax/hf.py)."""
+def load(plan: LoadPlan, shardings) -> dict[str, jax.Array]:
+    """{name: array} of the loaded and resized arrays, each placed on the mesh as `shardings`
+    (the state's) says as soon as it is read, so a Hugging Face model passes through the host one
+    parameter at a time (resized ones linearly interpolated to their new shape; a label-word head
+    taken from the output layer)."""
+    targets = _names(_variables(shardings))
     if hf.is_hf_folder(plan.directory):
-        saved = pytree.flat(hf.to_params(hf.Tensors(plan.directory),
-                                         hf.read_config(plan.directory),
-                                         scan_layers=_scanned(plan.loaded)))
+        loaders = hf.param_loaders(hf.Tensors(plan.directory), hf.read_config(plan.directory),
+                                   scan_layers=_scanned(plan.loaded))
     else:
         metadata = ocp.PyTreeCheckpointer().metadata(plan.directory / 'state').item_metadata.tree
         restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
-        restored = ocp.PyTreeCheckpointer().restore(plan.directory / 'state',
-                                                    restore_args=restore_args)
-        saved = _names(_variables(restored))
-    arrays = {name: np.asarray(saved[name]) for name in plan.loaded}
+        restored = _names(_variables(ocp.PyTreeCheckpointer().restore(
+            plan.directory / 'state', restore_args=restore_args)))
+        loaders = {name: (lambda array=array: array) for name, array in restored.items()}
+    arrays = {name: _placed(np.asarray(loaders[name]()), targets[name]) for name in plan.loaded}
     for name, _, shape in plan.resized:
-        arrays[name] = np.asarray(jax.image.resize(saved[name].astype(np.float32), shape,
-                                                   'linear')).astype(saved[name].dtype)
+        saved = np.asarray(loaders[name]())
+        arrays[name] = _placed(np.asarray(jax.image.resize(saved.astype(np.float32), shape,
+                                                           'linear')).astype(saved.dtype),
+                               targets[name])
     if plan.head_tokens:
-        embedding_VD = np.asarray(saved['token_embedding/embedding'])
-        arrays['head/kernel'] = embedding_VD[list(plan.head_tokens)].T
-        arrays['head/bias'] = np.zeros(len(plan.head_tokens), embedding_VD.dtype)
+        embedding_VD = np.asarray(loaders['token_embedding/embedding']())
+        arrays['head/kernel'] = _placed(embedding_VD[list(plan.head_tokens)].T,
+                                        targets['head/kernel'])
+        arrays['head/bias'] = _placed(np.zeros(len(plan.head_tokens), embedding_VD.dtype),
+                                      targets['head/bias'])
     return arrays
+
+
+def _placed(array: np.ndarray, sharding) -> jax.Array:
+    """`array` on the devices `sharding` names, each process giving only its own shards."""
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
 
 def with_loaded(state, arrays: dict[str, object]):

@@ -12,6 +12,7 @@ rotary positions use too.
 
 import dataclasses
 import json
+import os
 from typing import Callable
 
 import flax.linen as nn
@@ -30,6 +31,33 @@ GPT2_ACTIVATIONS = ('gelu_new', 'gelu_pytorch_tanh')  # bigjax's 'gelu' is the t
 GPT2_BIAS = ('qkv', 'out', 'up', 'down')
 CONFIG_FILE, WEIGHTS_FILE, INDEX_FILE = 'config.json', 'model.safetensors', \
     'model.safetensors.index.json'
+
+
+HUB_FILES = ('config.json', '*.safetensors', INDEX_FILE, 'tokenizer.json', 'tokenizer_config.json')
+
+
+def folder(spec: str) -> str:
+    """The local folder of a Hugging Face model: `spec` itself (a folder; 'hf:' in front is
+    optional), or, for 'ORG/NAME' that is no folder here, its snapshot in the Hugging Face cache
+    (HF_HUB_CACHE, ~/.cache/huggingface/hub), downloaded first where the machine is online."""
+    path = os.path.expanduser(spec[3:] if spec.startswith('hf:') else spec)
+    if os.path.isdir(path) or path.count('/') != 1 or path.startswith(('/', '.')):
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise UserError(f'{spec}: no such folder, and fetching {path} from the Hugging Face Hub '
+                        'needs huggingface_hub (pip install huggingface_hub)') from None
+    try:
+        return snapshot_download(path, allow_patterns=list(HUB_FILES), local_files_only=True)
+    except Exception:  # Not in the cache: download it, where the machine is online.
+        pass
+    try:
+        return snapshot_download(path, allow_patterns=list(HUB_FILES))
+    except Exception as e:
+        raise UserError(f'{spec}: no such folder, nor a model {path} in the Hugging Face cache, '
+                        f'and downloading it failed ({type(e).__name__}): run `huggingface-cli '
+                        f'download {path}` where there is internet, or pass the folder') from None
 
 
 def is_hf_folder(path) -> bool:
@@ -306,22 +334,34 @@ def _pairs(hf_config: dict) -> tuple[dict, list, Callable]:
     return options, top, block
 
 
-def to_params(tensors, hf_config: dict, *, scan_layers: bool = False) -> dict:
-    """bigjax TransformerLM parameters (nested dicts of float32 numpy arrays) from the tensors
-    (`Tensors`, or a dict by name) of the Hugging Face model `hf_config` describes."""
+def param_loaders(tensors, hf_config: dict, *, scan_layers: bool = False) -> dict:
+    """{bigjax parameter name: a function that reads it} from the tensors (`Tensors`, or a dict
+    by name) of the Hugging Face model `hf_config` describes: each parameter is read when asked
+    for (float32 numpy), so a model can be placed one parameter at a time."""
     options, top, block = _pairs(hf_config)
     prefix = 'transformer.' if hf_config['model_type'] == 'gpt2' and \
         'transformer.wte.weight' in tensors else ''  # GPT2LMHeadModel's names, or GPT2Model's
-    load = lambda pair: pair.load(*(tensors[prefix + name] for name in pair.tensors))
-    names = {pair.name: load(pair) for pair in top}
-    blocks = [{pair.name: load(pair) for pair in block(i)} for i in range(options['depth'])]
-    if scan_layers:
-        names.update({f'encoder/blocks/{name}': np.stack([b[name] for b in blocks])
-                      for name in blocks[0]})
-    else:
-        names.update({f'encoder/block{i}/{name}': value for i, b in enumerate(blocks)
-                      for name, value in b.items()})
-    return pytree.unflat(names)
+
+    def loader(pair):
+        return lambda: pair.load(*(tensors[prefix + name] for name in pair.tensors))
+    loaders = {pair.name: loader(pair) for pair in top}
+    blocks = [block(i) for i in range(options['depth'])]
+    for j, pair in enumerate(blocks[0]):
+        if scan_layers:
+            layers = [loader(b[j]) for b in blocks]
+            loaders[f'encoder/blocks/{pair.name}'] = lambda layers=layers: np.stack(
+                [load() for load in layers])
+        else:
+            loaders.update({f'encoder/block{i}/{pair.name}': loader(b[j])
+                            for i, b in enumerate(blocks)})
+    return loaders
+
+
+def to_params(tensors, hf_config: dict, *, scan_layers: bool = False) -> dict:
+    """bigjax TransformerLM parameters (nested dicts of float32 numpy arrays): param_loaders,
+    every one read."""
+    return pytree.unflat({name: load() for name, load in param_loaders(
+        tensors, hf_config, scan_layers=scan_layers).items()})
 
 
 def from_params(params, hf_config: dict) -> dict[str, np.ndarray]:

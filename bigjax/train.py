@@ -68,7 +68,7 @@ def _train(plan: plan_lib.Plan, checkpointer: Checkpointer, preemption: Preempti
     resumed = _resume(plan, checkpointer, train_iter, config_json)
     latest = resumed[0] if resumed else None
     if resumed is None:
-        loaded = finetune.load(plan.load_plan) if plan.load_plan else {}
+        loaded = finetune.load(plan.load_plan, plan.state_shardings) if plan.load_plan else {}
         state = jax.jit(lambda rng, loaded: finetune.with_loaded(nn.unbox(plan.init(rng)), loaded),
                         out_shardings=plan.state_shardings)(jax.random.PRNGKey(config.seed),
                                                             loaded)

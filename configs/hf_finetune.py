@@ -1,4 +1,4 @@
-"""Fine-tune a Hugging Face causal LM with LoRA: configs/hf_finetune.py:FOLDER[,smoke].
+"""Fine-tune a Hugging Face causal LM with LoRA: configs/hf_finetune.py:FOLDER|hf:ORG/NAME[,smoke].
 
 FOLDER holds what transformers' save_pretrained writes (config.json, model.safetensors or its
 shards, tokenizer.json): a GPT-2, Llama, Mistral or Qwen2. The model is built from its
@@ -6,20 +6,22 @@ config.json (bigjax/hf.py), its weights are loaded (init_from.path), the text is
 its own tokenizer (data.text.tokenizer='hf:FOLDER'), and rank-8 adapters on the attention train.
 The data default to the Python standard library's sources (offline); point data.name or
 data.paths at your own. --mode=export --export_format=hf writes the result back for transformers.
-python launch.py --config=configs/hf_finetune.py:/models/SmolLM-135M --workdir=/tmp/bigjax/ft
+hf:ORG/NAME is read from the Hugging Face cache, or downloaded into it where there is internet.
+python launch.py --config=configs/hf_finetune.py:hf:HuggingFaceTB/SmolLM2-135M --workdir=/tmp/ft
 """
 
 from bigjax import hf
 from bigjax.config import default_config, shrink_to_smoke
 
-ROPE_MAX_LEN = 4096  # rotary models: longest sequence (and sampling's cache), whatever the folder says
+ROPE_MAX_LEN = 4096  # rotary models: the longest sequence (and sampling's cache), at most
 
 
 def get_config(arg: str | None = None):
-    folder, _, size = (arg or '').partition(',')
-    if not folder or folder == 'smoke' or size not in ('', 'smoke'):
-        raise ValueError('configs/hf_finetune.py needs the model folder: '
-                         'configs/hf_finetune.py:FOLDER or configs/hf_finetune.py:FOLDER,smoke')
+    spec, _, size = (arg or '').partition(',')
+    if not spec or spec == 'smoke' or size not in ('', 'smoke'):
+        raise ValueError('configs/hf_finetune.py needs the model: configs/hf_finetune.py:FOLDER '
+                         '(or :hf:ORG/NAME, from the Hugging Face cache or Hub), then ,smoke')
+    folder = hf.folder(spec)
     config = default_config()
     options = hf.transformer_options(hf.read_config(folder))
     options.pop('vocab_size')

@@ -111,7 +111,7 @@ def test_position_embeddings_resize_only_when_asked(tmp_path):
     longer.init_from.resize = ('encoder/position_embedding',)
     plan = plan_lib.plan(longer, tmp_path / 'target')
     assert plan.load_plan.resized == [('encoder/position_embedding', (32, 32), (64, 32))]
-    arrays = finetune.load(plan.load_plan)
+    arrays = finetune.load(plan.load_plan, plan.state_shardings)
     assert arrays['encoder/position_embedding'].shape == (64, 32)
     assert not (tmp_path / 'target').exists()
 
@@ -231,8 +231,8 @@ def test_text_demos_fine_tune_the_pretrained_lm_into_a_classifier(task, fresh, t
     assert sorted(plan.fresh) == fresh
     if task == 'exceptions':  # the head starts as the LM's guess of the word after `except`
         tokens = classifier.dataset.eval.arrays['tokens'][:8].astype(np.int32)
-        state = finetune.with_loaded(nn.unbox(classifier.init(jax.random.PRNGKey(0))),
-                                     finetune.load(classifier.load_plan))
+        loaded = finetune.load(classifier.load_plan, classifier.state_shardings)
+        state = finetune.with_loaded(nn.unbox(classifier.init(jax.random.PRNGKey(0))), loaded)
         logits = classifier.model.apply({'params': state.params}, tokens, train=False)
         lm_logits = TransformerLM(classifier.model.cfg, classifier.dataset.vocab_size).apply(
             {'params': pytree.unflat(lm)}, tokens, train=False)

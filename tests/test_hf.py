@@ -7,8 +7,9 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+from etils import epath
 
-from bigjax import hf
+from bigjax import hf, pytree
 from bigjax.data import tokenizers
 from bigjax.errors import UserError
 from bigjax.models.transformer import TransformerConfig, TransformerLM
@@ -147,9 +148,10 @@ def test_fine_tune_a_hugging_face_llama_with_its_own_tokenizer(tmp_path):
     vocab_size = tokenizer_folder(folder, corpus)
     model = saved(llama(vocab_size=vocab_size), folder)
     config = config_lib.from_file(f'configs/hf_finetune.py:{folder},smoke')
-    config.report.enabled = False
     workdir = tmp_path / 'run'
     train.run(config, workdir)
+    page = (workdir / 'report.html').read_text()
+    assert 'Training documents' in page and 'token_coverage' in page  # with its tokenizer
 
     plan, state, _ = plan_lib.load_state(config, workdir)
     tokens = np.asarray(plan.dataset.train.arrays['tokens'])
@@ -184,3 +186,53 @@ def test_a_models_own_tokenizer_round_trips_counts_bytes_and_names_its_ids(tmp_p
     with pytest.raises(UserError, match="tokenizer='hf:' is not one of"):
         tokenizers.check(type('Text', (), {'tokenizer': 'hf:', 'vocab_size': 0,
                                            'tokenizer_sample': 0})())
+
+
+def test_org_name_resolves_through_the_hugging_face_cache(tmp_path, monkeypatch):
+    """hf:ORG/NAME in the config's argument, init_from.path and data.text.tokenizer: the cached
+    snapshot; one that is not cached (and cannot be downloaded) is a one-line error."""
+    import huggingface_hub
+    from bigjax import config as config_lib
+    from bigjax import finetune
+    model = tmp_path / 'hub' / 'models--org--tiny'
+    snapshot = model / 'snapshots' / 'abc123'
+    tokenizer_folder(snapshot, ['def spam(eggs):\n    return eggs\n'] * 20)
+    (snapshot / 'config.json').write_text(json.dumps(gpt2().to_dict()))
+    (model / 'refs').mkdir()
+    (model / 'refs' / 'main').write_text('abc123')
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_CACHE', str(tmp_path / 'hub'))
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
+    assert hf.folder('hf:org/tiny') == str(snapshot) == hf.folder('org/tiny')
+    config = config_lib.from_file('configs/hf_finetune.py:hf:org/tiny,smoke')
+    assert config.init_from.path == str(snapshot) and config.model.transformer.width == 64
+    config.init_from.path = 'hf:org/tiny'
+    assert finetune.checkpoint_directory(config.init_from) == epath.Path(snapshot)
+    assert tokenizers.PretrainedTokenizer('org/tiny').eos_id == 0
+    with pytest.raises(UserError, match=r'hf:org/missing: no such folder.*huggingface-cli '
+                                        'download org/missing') as error:
+        hf.folder('hf:org/missing')
+    assert '\n' not in str(error.value)
+
+
+def test_a_hugging_face_model_loads_onto_an_fsdp_by_tensor_mesh_as_on_one_device(tmp_path):
+    """Each parameter goes straight to its shards on an 8-device (fsdp 4 x tensor 2) mesh, with
+    the values of the single-device import."""
+    from bigjax import config as config_lib
+    from bigjax import finetune
+    from bigjax import plan as plan_lib
+    folder = tmp_path / 'hf'
+    vocab_size = tokenizer_folder(folder, ['def spam(eggs):\n    return eggs\n'] * 20)
+    saved(llama(vocab_size=vocab_size + -vocab_size % 8), folder)  # spare rows, as models have
+    config = config_lib.from_file(f'configs/hf_finetune.py:{folder},smoke')
+    config.mesh.update(data=1, fsdp=4, tensor=2)
+    run = plan_lib.plan(config, read_data=False)
+    arrays = finetune.load(run.load_plan, run.state_shardings)
+    single = pytree.flat(hf.to_params(hf.Tensors(folder), hf.read_config(folder)))
+    targets = pytree.flat(run.state_shardings.params)
+    assert set(arrays) == set(single) and len(jax.devices()) == 8
+    split = 0
+    for name, array in arrays.items():
+        assert array.sharding == targets[name], name
+        np.testing.assert_array_equal(np.asarray(array), single[name])
+        split += array.addressable_shards[0].data.size < array.size
+    assert split > len(arrays) // 2  # most parameters are really split over the devices

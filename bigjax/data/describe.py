@@ -58,7 +58,7 @@ def _text(data_config, task: str, class_names: tuple) -> Dataset:
     if t.tokenizer == 'char':
         raise UserError("data.text.tokenizer='char' learns its vocabulary from the data, which "
                         "compiling without data cannot read: use 'byte' or 'bpe', or train once")
-    vocab = t.vocab_size if t.tokenizer == 'bpe' else tokenizers.load(t.tokenizer).vocab_size
+    vocab = t.vocab_size if t.tokenizer == 'bpe' else tokenizers.described_vocab_size(t.tokenizer)
     kind = f'text_{task}'
     return Dataset(data_config.name, kind, _UNREAD, _UNREAD, num_classes=len(class_names),
                    class_names=class_names, seq_len=t.seq_len, vocab_size=vocab)

@@ -16,6 +16,7 @@ from typing import Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 
+from bigjax import hf
 from bigjax.errors import UserError
 
 PAD_ID = 0
@@ -277,6 +278,16 @@ def load(kind: str, trained: str = '') -> Tokenizer:
     return CharTokenizer(trained) if kind == 'char' else BpeTokenizer(trained)
 
 
+def described_vocab_size(kind: str) -> int:
+    """The vocabulary of `kind` without learning it: a model's own from its config.json where
+    there is one (no tokenizer.json needed: compiling for hardware reads no text)."""
+    if kind.startswith(PRETRAINED):
+        model = _json_file(os.path.join(hf.folder(kind), 'config.json'))
+        if 'vocab_size' in model:
+            return model['vocab_size']
+    return load(kind).vocab_size
+
+
 def check_padding(tokenizer: Tokenizer, task: str) -> None:
     """Classifiers read padding as id 0 (models/transformer.py): a model's own tokenizer must
     pad with it."""
@@ -308,7 +319,7 @@ class PretrainedTokenizer:
 
     def __init__(self, folder: str):
         from tokenizers import Tokenizer as HfTokenizer
-        folder = os.path.expanduser(folder)
+        folder = hf.folder(folder)
         path = os.path.join(folder, 'tokenizer.json')
         if not os.path.isfile(path):
             raise UserError(f'data.text.tokenizer=hf:{folder}: no tokenizer.json there (a folder '
