@@ -34,6 +34,9 @@ def test_sample_mode_of_launch(trained_lm):
                           '--num_tokens=10', '--temperature=0'],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
+    greedy = sample.from_workdir(load_config('transformer_cpu', 'smoke'), trained_lm, 'import ',
+                                 num_tokens=10, temperature=0.0, top_k=0)
+    assert out.stdout == greedy + '\n' and greedy  # the continuation, and nothing else
 
 
 def test_export_mode_of_launch(trained_lm, tmp_path):
