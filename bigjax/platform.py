@@ -5,8 +5,8 @@ On CPU, XLA's YNNPACK fusions are slower than its own dot and convolution emitte
 machines we measure (benchmarks/README.md: the CNN step 1.85x faster, the LM step ~1.07x without
 them), so they are turned off unless XLA_FLAGS already says otherwise. Nothing is set when an
 accelerator plugin is installed and JAX_PLATFORMS does not say 'cpu' (accelerator runs do not use
-these CPU paths), when the environment variable BIGJAX_NO_XLA_DEFAULTS=1, or when a JAX backend
-was started before bigjax was imported (then it is too late, and harmless).
+these CPU paths) or when the environment variable BIGJAX_NO_XLA_DEFAULTS=1. A JAX backend started
+before bigjax was imported has read XLA_FLAGS already and keeps XLA's defaults (harmless).
 """
 
 import importlib.util

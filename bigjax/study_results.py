@@ -113,8 +113,8 @@ def _format(value) -> str:
 
 def importances(study, rows: list[dict]) -> dict[str, float]:
     """optuna's fANOVA importance of each searched key (a zip of keys counts as one) for the
-    metric, from the finished trials of any search; {} with fewer than 4 finished trials or
-    nothing that varies."""
+    metric, from the finished trials of any search; {} with fewer than 4 finished trials, nothing
+    that varies, or one metric value for all (nothing to attribute)."""
     import optuna
     done = [r for r in rows if r['status'] == 'done']
     factors = {(','.join(k) if isinstance(k, tuple) else k): (k if isinstance(k, tuple) else (k,))
@@ -123,7 +123,7 @@ def importances(study, rows: list[dict]) -> dict[str, float]:
                              else json.dumps([r['overrides'].get(k) for k in keys]))
     varying = {name: keys for name, keys in factors.items()
                if len({json.dumps(value(r, keys)) for r in done}) > 1}
-    if len(done) < 4 or not varying:
+    if len(done) < 4 or not varying or len({r['metrics'][study.metric] for r in done}) < 2:
         return {}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     memory = optuna.create_study(direction='maximize' if study.goal == 'max' else 'minimize')

@@ -97,8 +97,9 @@ def _train(plan: plan_lib.Plan, checkpointer: Checkpointer, preemption: Preempti
     try:
         for step in range(start_step + 1, schedule.total_steps + 1):
             profiler.before(step)
-            batch, data_state = next(batches)
-            state, window, done = train_fn(state, window, batch, on_device)
+            with jax.profiler.StepTraceAnnotation('train', step_num=step):  # the profile's steps
+                batch, data_state = next(batches)
+                state, window, done = train_fn(state, window, batch, on_device)
             in_flight.add(done)
             profiler.after(step, state)
             if step == start_step + 1:

@@ -1,10 +1,13 @@
+import threading
+import types
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 from bigjax import data
 from bigjax.config import default_config
-from bigjax.data import digits, sources
+from bigjax.data import datasets, digits, sources
 from bigjax.errors import UserError
 
 
@@ -159,3 +162,134 @@ def test_synthetic_tokens_for_lm_benchmarks():
     tokens = dataset.train.arrays['tokens']
     assert tokens.shape == (20, 7) and tokens.min() >= 2 and tokens.max() < 11
 
+
+def synthetic_images(**overrides):
+    config = data_config(name='synthetic', **overrides)
+    config.synthetic.update(image_shape=(2, 2, 1), num_classes=5, train_examples=200,
+                            eval_examples=60)
+    return config
+
+
+def first_per_class(labels, classes, per_class: int) -> list[int]:
+    """Indices of the first `per_class` examples (all if 0) of each of `classes`, in order."""
+    taken, rows = dict.fromkeys(classes, 0), []
+    for i, label in enumerate(labels):
+        if label in taken and (not per_class or taken[label] < per_class):
+            taken[label] += 1
+            rows.append(i)
+    return rows
+
+
+def test_data_classes_keeps_the_first_n_train_examples_of_each_relabelled_in_that_order():
+    full = data.open_dataset(synthetic_images())
+    chosen = data.open_dataset(synthetic_images(classes=(3, 1), train_per_class=4))
+    assert chosen.num_classes == 2 and chosen.class_names == ('3', '1')
+    new_label = {3: 0, 1: 1}
+    for split, whole, per_class in ((chosen.train, full.train, 4), (chosen.eval, full.eval, 0)):
+        rows = first_per_class(whole.arrays['label'], (3, 1), per_class)
+        assert len(split) == len(rows)
+        np.testing.assert_array_equal(split.arrays['image'], whole.arrays['image'][rows])
+        np.testing.assert_array_equal(split.arrays['label'],
+                                      [new_label[label] for label in whole.arrays['label'][rows]])
+    assert len(chosen.train) == 8 and len(chosen.eval) > 8  # eval: every example of 3 and 1
+
+
+def test_a_class_with_fewer_than_train_per_class_examples_is_a_warning(caplog):
+    full = data.open_dataset(synthetic_images())
+    counts = np.bincount(full.train.arrays['label'])
+    few = data.open_dataset(synthetic_images(train_per_class=int(counts.max())))
+    assert len(few.train) == len(full.train)
+    short = {c: int(n) for c, n in enumerate(counts) if n < counts.max()}
+    assert short and f'fewer examples of classes {short}' in caplog.text
+
+
+def test_train_per_class_alone_keeps_every_class_and_the_whole_eval_split():
+    full = data.open_dataset(synthetic_images())
+    few = data.open_dataset(synthetic_images(train_per_class=3))
+    rows = first_per_class(full.train.arrays['label'], range(5), 3)
+    assert len(few.train) == 15 and few.num_classes == 5
+    for name in ('image', 'label'):
+        np.testing.assert_array_equal(few.train.arrays[name], full.train.arrays[name][rows])
+        np.testing.assert_array_equal(few.eval.arrays[name], full.eval.arrays[name])
+
+
+@pytest.mark.parametrize('overrides, message', [
+    (dict(classes=(1, 5)), r'data.classes=\(1, 5\) must be distinct class ids in \[0, 5\)'),
+    (dict(classes=(2, 2)), 'must be distinct class ids'),
+    (dict(train_per_class=-1), 'train_per_class >= 0'),
+], ids=['class_out_of_range', 'repeated_class', 'negative_train_per_class'])
+def test_impossible_selections_are_clear_errors(overrides, message):
+    with pytest.raises(UserError, match=message):
+        data.open_dataset(synthetic_images(**overrides))
+
+
+def test_selecting_a_class_a_split_lacks_or_from_lm_text_is_a_clear_error():
+    def split(labels):
+        return data.Split(len(labels), lambda: {'image': np.zeros((len(labels), 1)),
+                                                'label': np.array(labels)})
+
+    dataset = data.Dataset('tiny', 'image', split([0, 1, 2, 2]), split([0, 1]), num_classes=3,
+                           class_names=('a', 'b', 'c'))
+    with pytest.raises(UserError, match='the eval split has no examples of class 2'):
+        datasets.select(dataset, (2, 0), 1)
+    config = data_config(name='synthetic', train_per_class=2)
+    config.synthetic.update(kind='text_lm', vocab_size=11, train_examples=20, eval_examples=4)
+    with pytest.raises(UserError, match="'synthetic' is language-model text"):
+        data.open_dataset(config)
+
+
+class FakeBuilder:
+    """What _prepare_once sees of a tfds builder; the prepared data is a file in `root`, shared
+    by every builder of it (the runs of a study on one machine)."""
+
+    def __init__(self, root, prepare):
+        self.data_dir_root = root
+        self.info = types.SimpleNamespace(name='sklearn_digits')
+        self.prepare = prepare
+
+    def is_prepared(self):
+        return (self.data_dir_root / 'prepared').exists()
+
+    def download_and_prepare(self, file_format):
+        assert file_format == 'array_record'
+        self.prepare()
+        (self.data_dir_root / 'prepared').touch()
+
+
+def test_runs_started_together_prepare_a_dataset_once(tmp_path):
+    events, started, release = [], threading.Event(), threading.Event()
+
+    def prepare():
+        events.append('prepare')
+        started.set()
+        release.wait(timeout=10)
+
+    def run():
+        sources._prepare_once(FakeBuilder(tmp_path, prepare), data_config())
+        events.append('returned')
+
+    first, second = threading.Thread(target=run), threading.Thread(target=run)
+    first.start()
+    assert started.wait(timeout=10)
+    second.start()
+    second.join(timeout=0.5)
+    assert second.is_alive()  # it waits for the first run's preparation
+    release.set()
+    first.join(timeout=10)
+    second.join(timeout=10)
+    assert events == ['prepare', 'returned', 'returned']
+
+
+def test_a_failed_preparation_lets_the_next_run_prepare(tmp_path):
+    def fail():
+        raise OSError('connection reset')
+
+    with pytest.raises(OSError, match='connection reset'):
+        sources._prepare_once(FakeBuilder(tmp_path, fail), data_config())
+    prepared = []
+    # In a thread: a lock left held would block it for ever.
+    thread = threading.Thread(target=sources._prepare_once, daemon=True, args=(
+        FakeBuilder(tmp_path, lambda: prepared.append(True)), data_config()))
+    thread.start()
+    thread.join(timeout=10)
+    assert not thread.is_alive() and prepared == [True]

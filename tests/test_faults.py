@@ -129,6 +129,16 @@ def test_damaged_newest_checkpoint_is_moved_aside_and_the_one_before_resumes(
     assert_same_run(tmp_path, straight)
 
 
+def test_only_the_newest_keep_checkpoints_stay_and_the_run_resumes_from_them(tmp_path, straight):
+    config = digits(keep_checkpoints=2)
+    config.train.checkpoint_every = 5
+    train.run(config, tmp_path, stop_at_step=20)
+    assert saved_steps(tmp_path) == [15, 20]
+    train.run(config, tmp_path)
+    assert saved_steps(tmp_path) == [25, 30]
+    assert_same_run(tmp_path, straight)
+
+
 def test_no_restorable_checkpoint_is_a_clear_error_that_keeps_them(tmp_path):
     train.run(digits(), tmp_path, stop_at_step=10)
     damage(tmp_path / 'checkpoints' / '10', 'delete')

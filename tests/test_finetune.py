@@ -252,19 +252,25 @@ def test_text_demos_fine_tune_the_pretrained_lm_into_a_classifier(task, fresh, t
     assert 0 <= results[0]['finetune']['accuracy'] <= 1
 
 
-@pytest.mark.parametrize('task, loaded', [('mnist', 'conv1/kernel'),
-                                          ('imdb', 'encoder/block0/attention/qkv/kernel')])
-def test_tfds_transfer_studies_run_under_mock_data(task, loaded, tmp_path, capsys):
+@pytest.mark.parametrize('task, loaded, described', [
+    ('mnist', 'conv1/kernel', 'loaded 6; skipped (init_from.skip): head/bias, head/kernel'),
+    ('imdb', 'encoder/block0/attention/qkv/kernel', 'loaded 20; new: class_token, head/bias, '
+                                                    'head/kernel')])
+def test_tfds_transfer_studies_run_under_mock_data(task, loaded, described, tmp_path, capsys):
     """The mnist and imdb_reviews studies (internet needed for real): pretrain, fine-tune and
     scratch run end to end on tfds mock data, the fine-tune loading the pretrained weights."""
     with tfds.testing.mock_data(num_examples=300):
         results = transfer_study().run(task, str(tmp_path), [0], smoke=True)
     assert set(results[0]) == {'finetune', 'scratch'}
     assert all(np.isfinite(r['loss']) for r in results[0].values())
-    log = capsys.readouterr().err
-    assert f'Initialised from {tmp_path}/pretrain/checkpoints/' in log
-    steps = load_config(f'{task}_transfer', 'finetune,smoke').train.num_steps
-    assert loaded in saved_params(tmp_path / 'finetune_seed0', steps)
+    steps = {stage: load_config(f'{task}_transfer', f'{stage},smoke').train.num_steps
+             for stage in ('pretrain', 'finetune', 'scratch')}
+    assert (f'Initialised from {tmp_path}/pretrain/checkpoints/{steps["pretrain"]}: {described}'
+            in capsys.readouterr().err)
+    # Without the load the fine-tune would be the scratch run itself: same seed, data and steps.
+    finetuned, scratch = (saved_params(tmp_path / f'{stage}_seed0', steps[stage])[loaded]
+                          for stage in ('finetune', 'scratch'))
+    assert np.abs(finetuned - scratch).max() > 1e-3
 
 
 def test_a_token_embedding_from_another_tokenizer_is_an_error(tmp_path):

@@ -1,5 +1,7 @@
 """The fused CPU attention kernel (bigjax/kernels) against the einops reference, and its build."""
 
+import ctypes
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -126,7 +128,31 @@ def test_a_failed_build_is_a_clear_error_and_leaves_no_partial_library(monkeypat
 
 
 def test_builds_are_cached_per_source_and_compiler(monkeypatch, tmp_path):
-    monkeypatch.setenv('BIGJAX_KERNEL_CACHE', str(tmp_path))
-    path = kernels.build('causal_attention', 'test')
-    assert kernels.build('causal_attention', 'test') == path
-    assert [p.name for p in tmp_path.iterdir()] == [path.rsplit('/', 1)[1]]
+    """A second build loads the cached library without compiling; an edited source or another
+    compiler builds a new one, so a stale kernel is never loaded."""
+    monkeypatch.setenv('BIGJAX_KERNEL_CACHE', str(tmp_path / 'cache'))
+    monkeypatch.setattr(kernels, 'SOURCE_DIR', str(tmp_path))
+    source = tmp_path / 'answer.cc'
+    compiles = []
+    run = kernels.subprocess.run
+    monkeypatch.setattr(kernels.subprocess, 'run',
+                        lambda command, **kw: compiles.append(command[0]) or run(command, **kw))
+
+    def built(answer):
+        source.write_text(f'extern "C" int answer() {{ return {answer}; }}\n')
+        path = kernels.build('answer', 'test')
+        return path, ctypes.cdll.LoadLibrary(path).answer()
+
+    first, value = built(1)
+    assert value == 1 and len(compiles) == 1
+    assert built(1) == (first, 1) and len(compiles) == 1
+    edited, value = built(2)
+    assert value == 2 and edited != first and len(compiles) == 2
+    compiler = tmp_path / 'bin' / 'c++'
+    compiler.parent.mkdir()
+    compiler.symlink_to(kernels._compiler())
+    monkeypatch.setenv('CXX', str(compiler))
+    other, value = built(2)
+    assert value == 2 and other not in (first, edited) and compiles[-1] == str(compiler)
+    assert sorted(p.name for p in (tmp_path / 'cache').iterdir()) == sorted(
+        p.rsplit('/', 1)[1] for p in (first, edited, other))

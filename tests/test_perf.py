@@ -23,15 +23,24 @@ def test_flops_formula_counts_matmul_weights_and_attention():
     assert perf.train_flops_per_token(params, cfg, 16, causal=True) == 6 * matmul + 6 * 2 * 16 * 32
 
 
-def test_peak_flops():
+def test_peak_flops(monkeypatch):
     assert perf.peak_flops(123.0) == 123.0
-    assert perf.peak_flops(0.0) > 1e9  # CPU: a matmul measured now
+    monkeypatch.setattr(perf, 'measured_matmul_flops', lambda: 4.5e10)
+    assert perf.peak_flops(0.0) == 4.5e10  # CPU: a matmul measured now
     fake = types.SimpleNamespace(platform='gpu', device_kind='NVIDIA H100 80GB HBM3')
     assert perf.peak_flops(0.0, [fake] * 8) == 8 * 989e12
     fake.device_kind = 'Mystery Accelerator 9000'
     with pytest.raises(UserError, match="no peak FLOP/s known for 'Mystery Accelerator 9000'.*"
                                         'train.peak_flops'):
         perf.peak_flops(0.0, [fake])
+
+
+def test_the_measured_peak_is_the_fastest_of_the_timed_products(monkeypatch):
+    """2 n^3 FLOPs over the best of the timed runs (times from a fake clock: 3 s, 0.5 s, 2 s)."""
+    clock = iter([0.0, 3.0, 10.0, 10.5, 20.0, 22.0])
+    monkeypatch.setattr(perf.time, 'perf_counter', lambda: next(clock))
+    assert perf.measured_matmul_flops(size=64, repeats=3) == 2 * 64 ** 3 / 0.5
+    assert next(clock, 'used up') == 'used up'
 
 
 def test_matmul_flops_count_every_product_a_step_executes():
@@ -49,4 +58,8 @@ def test_profiler_traces_the_requested_steps(tmp_path):
     config = load_config('transformer_cpu', 'smoke')
     config.train.profile_start_step, config.train.profile_steps = 3, 2
     train.run(config, tmp_path)
-    assert list((tmp_path / 'profile').rglob('*.xplane.pb'))
+    [trace] = (tmp_path / 'profile').rglob('*.xplane.pb')
+    profile = jax.profiler.ProfileData.from_file(str(trace))
+    traced = sorted(dict(event.stats)['step_num'] for plane in profile.planes for line in plane.lines for event in line.events
+                    if event.name == 'train')
+    assert traced == [3, 4]

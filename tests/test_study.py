@@ -4,6 +4,7 @@ import csv
 import importlib
 import json
 
+import numpy as np
 import optuna
 import pytest
 
@@ -117,6 +118,59 @@ def test_bayes_study_resumes_from_its_optuna_storage(tmp_path):
     stored = optuna.load_study(study_name='tiny_bayes',
                                storage=f'sqlite:///{tmp_path / "optuna.db"}')
     assert sorted(t.value for t in stored.trials) == sorted(r['metrics']['loss'] for r in more)
+
+
+IMPORTANCE_STUDY = study.Study(
+    name='importance', metric='accuracy', **TINY,
+    space={'optim.learning_rate': study.Uniform(1e-4, 1e-1, log=True),
+           'model.cnn.activation': ['relu', 'tanh', 'gelu'],
+           ('train.batch_size', 'optim.warmup_steps'): [(16, 0), (32, 5)]})
+
+
+def trial_rows(accuracy, n=24, status='done'):
+    """Rows of `n` trials (as study_results.collect reads them) spread over IMPORTANCE_STUDY's
+    space, each scoring accuracy(learning_rate, activation)."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        lr, activation = float(10 ** rng.uniform(-4, -1)), ('relu', 'tanh', 'gelu')[i % 3]
+        rows.append({'trial': f'{i:04d}', 'status': status, 'seconds': 1.0, 'error': '',
+                     'overrides': {'optim.learning_rate': lr, 'model.cnn.activation': activation,
+                                   'train.batch_size': (16, 32)[i % 2],
+                                   'optim.warmup_steps': (0, 5)[i % 2]},
+                     'metrics': {'accuracy': accuracy(lr, activation)}})
+    return rows
+
+
+@pytest.mark.parametrize('decides, accuracy', [
+    ('optim.learning_rate', lambda lr, activation: 1 - abs(np.log10(lr) + 2.5) / 2),
+    ('model.cnn.activation',
+     lambda lr, activation: {'relu': 0.9, 'tanh': 0.5, 'gelu': 0.2}[activation]),
+], ids=['learning_rate', 'activation'])
+def test_importance_puts_the_hyperparameter_that_decides_the_metric_first(decides, accuracy):
+    importance = study_results.importances(IMPORTANCE_STUDY, trial_rows(accuracy))
+    # A zip of keys is one hyperparameter.
+    assert set(importance) == {'optim.learning_rate', 'model.cnn.activation',
+                               'train.batch_size,optim.warmup_steps'}
+    assert list(importance)[0] == decides and importance[decides] > 0.8  # ranked, largest first
+    assert sum(importance.values()) == pytest.approx(1)
+
+
+def test_importance_needs_four_finished_trials_with_something_varying():
+    def accuracy(lr, activation):
+        return lr
+
+    assert study_results.importances(IMPORTANCE_STUDY, trial_rows(accuracy, n=3)) == {}
+    failed = trial_rows(accuracy, n=3) + trial_rows(accuracy, n=5, status='failed')[3:]
+    assert study_results.importances(IMPORTANCE_STUDY, failed) == {}
+    rows = trial_rows(accuracy, n=6)
+    same = [dict(row, overrides=rows[0]['overrides']) for row in rows]
+    assert study_results.importances(IMPORTANCE_STUDY, same) == {}
+
+
+def test_importance_of_a_study_whose_trials_all_score_the_same_is_empty():
+    rows = trial_rows(lambda lr, activation: 0.1)  # e.g. every trial at chance
+    assert study_results.importances(IMPORTANCE_STUDY, rows) == {}
 
 
 def test_parallel_workers_each_get_their_own_gpus(monkeypatch):

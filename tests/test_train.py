@@ -38,10 +38,16 @@ def test_every_config_smoke_runs_end_to_end(name, tmp_path):
     else:
         with tfds.testing.mock_data(num_examples=48):
             result = train.run(config, tmp_path)
-    assert 0.0 <= result['accuracy'] <= 1.0 and np.isfinite(result['loss'])
+    assert np.isfinite(result['loss'])
     rows = writers.read_metrics(tmp_path)
     train_rows = [r for r in rows if r['split'] == 'train']
     assert train_rows and all('loss' in r and 'learning_rate' in r for r in train_rows)
+    # It learnt, even at smoke size: the train loss fell and the weights moved between the
+    # mid-run and the final checkpoint.
+    assert train_rows[-1]['loss'] < train_rows[0]['loss']
+    mid, final = (jax.tree.leaves(final_params(tmp_path, step)) for step in
+                  (config.train.checkpoint_every, config.train.num_steps))
+    assert any(not np.array_equal(a, b) for a, b in zip(mid, final))
     assert all(r['examples_per_sec'] > 0 for r in train_rows)
     assert without_timing(rows)[-1] == {'step': config.train.num_steps, 'split': 'eval', **result}
     assert json.loads((tmp_path / 'config.json').read_text())['data']['name'] == config.data.name

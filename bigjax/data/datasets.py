@@ -58,6 +58,12 @@ def select(dataset: Dataset, classes: tuple, train_per_class: int) -> Dataset:
         if per_class:
             rows = np.sort(np.concatenate([rows[labels[rows] == c][:per_class]
                                            for c in range(len(classes))]))
+            counts = np.bincount(labels[rows], minlength=len(classes))
+            short = {int(classes[c]): int(n) for c, n in enumerate(counts) if 0 < n < per_class}
+            if short:
+                log.warning('data.train_per_class=%d: the %s split has fewer examples of '
+                            'classes %s (class: count); they keep all they have',
+                            per_class, split_name, short)
         missing = sorted(set(range(len(classes))) - set(labels[rows].tolist()))
         if missing:
             raise UserError(f'data.classes: the {split_name} split has no examples of class '
