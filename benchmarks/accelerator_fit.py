@@ -3,7 +3,7 @@ as launch.py --mode=compile does), as README's table: memory per chip, headroom,
 compute-bound roofline estimate. TPU rows need requirements-tpu.txt (libtpu), GPU rows
 requirements-gpu.txt (the CUDA plugin); rows whose compiler is missing are skipped.
 
-python benchmarks/accelerator_fit.py [--platform=tpu|gpu]
+python benchmarks/accelerator_fit.py [--platform=tpu|gpu] [--smoke]
 """
 
 import argparse
@@ -25,13 +25,18 @@ ROWS = [  # (config, hardware)
     ('configs/transformer_gpu.py:300m', 'a100-8'), ('configs/transformer_gpu.py:300m', 'h100-8'),
     ('configs/transformer_gpu.py:1b', 'a100-8'), ('configs/transformer_gpu.py:1b', 'h100-8'),
 ]
+SMOKE_ROWS = [('configs/transformer_tpu.py:smoke', 'v5e-4'),  # tensor 2: the smallest v5e slice
+              ('configs/transformer_gpu.py:smoke', 'h100-1')]
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument('--platform', choices=['tpu', 'gpu'], default='tpu')
+    parser.add_argument('--smoke', action='store_true',
+                        help='the :smoke LM alone, on a v5e-4 (or one H100), in seconds')
     args = parser.parse_args()
-    wanted = [(c, h) for c, h in ROWS if hardware.is_gpu(h) == (args.platform == 'gpu')]
+    rows = SMOKE_ROWS if args.smoke else ROWS
+    wanted = [(c, h) for c, h in rows if hardware.is_gpu(h) == (args.platform == 'gpu')]
     aot.prepare_environment(wanted[0][1])
     print('| config | hardware | global batch (tokens) | GiB per chip (of) | headroom | '
           'est. tokens/s (roofline) | est. MFU at best | compile s (train / eval) |')

@@ -6,7 +6,7 @@ process, interleaved rounds, best of each.
 Inputs are the packed projection (B, T, heads, 3, K) the model hands to attention, so the JAX
 contenders pay for the slices and layouts they need, as they do in the model.
 
-python benchmarks/attention_cpu.py [--rounds=5]
+python benchmarks/attention_cpu.py [--rounds=5] [--smoke]
 """
 
 import argparse
@@ -71,9 +71,13 @@ def best_ms(fn, block, repeats=10) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--rounds', type=int, default=5)
+    parser.add_argument('--smoke', action='store_true',
+                        help='1 round at batch 1, 128 tokens (two key blocks), 1 head')
     args = parser.parse_args()
+    rounds, (batch, length, heads, width) = ((1, (1, 128, 1, WIDTH)) if args.smoke else
+                                             (args.rounds, (BATCH, LENGTH, HEADS, WIDTH)))
     qkv_np = np.random.default_rng(0).standard_normal(
-        (BATCH, LENGTH, HEADS, 3, WIDTH)).astype(np.float32)
+        (batch, length, heads, 3, width)).astype(np.float32)
     qkv = jax.numpy.asarray(qkv_np)
     timers = {name: (lambda f=f: f(qkv), lambda f=g: f(qkv))
               for name, (f, g) in jax_contenders().items()}
@@ -81,13 +85,13 @@ def main() -> None:
     blocks = {name: (lambda r: None) if name.startswith('pytorch') else jax.block_until_ready
               for name in timers}
     best = {name: [float('inf'), float('inf')] for name in timers}
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         for name, fns in timers.items():
             for i, fn in enumerate(fns):
                 best[name][i] = min(best[name][i], best_ms(fn, blocks[name]))
     reference = best['pytorch SDPA'][1]
-    print(f'\nB{BATCH} T{LENGTH} H{HEADS} K{WIDTH} causal float32, {os.cpu_count()} CPUs, '
-          f'best of {args.rounds} rounds')
+    print(f'\nB{batch} T{length} H{heads} K{width} causal float32, {os.cpu_count()} CPUs, '
+          f'best of {rounds} rounds')
     print(f'{"contender":32s} {"forward ms":>11s} {"fwd+bwd ms":>11s} {"fwd+bwd vs pytorch":>19s}')
     for name, (forward, both) in best.items():
         print(f'{name:32s} {forward:11.2f} {both:11.2f} {reference / both:18.2f}x')

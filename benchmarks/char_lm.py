@@ -4,6 +4,7 @@ data preparation, compilation, evals and the report included; the file's prepare
 deleted first so they are paid for too).
 
 python benchmarks/char_lm.py --text=../shared/data/tinyshakespeare.txt
+python benchmarks/char_lm.py --smoke   # configs/char_lm.py:smoke on README.md
 """
 
 import argparse
@@ -22,12 +23,17 @@ from bigjax import writers  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--text', required=True, help='a UTF-8 text file (~1 MB)')
+    parser.add_argument('--text', help='a UTF-8 text file (~1 MB); required unless --smoke')
+    parser.add_argument('--smoke', action='store_true',
+                        help="configs/char_lm.py:smoke (8 steps), by default on README.md")
     args = parser.parse_args()
-    text = os.path.abspath(args.text)
+    if not (args.text or args.smoke):
+        parser.error('the following arguments are required: --text')
+    text = os.path.abspath(args.text or os.path.join(REPO, 'README.md'))
+    config = 'configs/char_lm.py' + (':smoke' if args.smoke else '')
     with tempfile.TemporaryDirectory() as workdir:
         start = time.perf_counter()
-        subprocess.run([sys.executable, 'launch.py', '--config=configs/char_lm.py',
+        subprocess.run([sys.executable, 'launch.py', f'--config={config}',
                         f'--workdir={workdir}/run', f'--config.data.paths={text}',
                         f'--config.data.data_dir={workdir}/data'],
                        cwd=REPO, check=True, capture_output=True)

@@ -7,7 +7,7 @@ examples_per_sec it writes to metrics.jsonl (compilation, eval and checkpoints e
 runs the article's loop on tensors already in memory. Each contender runs in its own process
 (XLA flags are read once per process), in alternating rounds, and the ratios come from one run.
 
-python benchmarks/cnn_vs_pytorch.py [--rounds=3] [--steps=300]
+python benchmarks/cnn_vs_pytorch.py [--rounds=3] [--steps=300] [--smoke]
 """
 
 import argparse
@@ -95,15 +95,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--rounds', type=int, default=3)
     parser.add_argument('--steps', type=int, default=300)
+    parser.add_argument('--smoke', action='store_true',
+                        help="1 round of 2 steps, PyTorch and bigjax's defaults only")
     parser.add_argument('--worker', choices=['jax', 'torch'], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args.worker, args.steps)
 
+    rounds, steps, contenders = ((1, 2, dict(list(CONTENDERS.items())[:2])) if args.smoke else
+                                 (args.rounds, args.steps, CONTENDERS))
     script = os.path.abspath(__file__)
-    results = run_rounds({name: ([script, f'--worker={kind}', f'--steps={args.steps}'], env)
-                          for name, (kind, env) in CONTENDERS.items()}, args.rounds)
-    print(f'\nmedian of {args.rounds} rounds, batch {BATCH}, {args.steps} steps, '
+    results = run_rounds({name: ([script, f'--worker={kind}', f'--steps={steps}'], env)
+                          for name, (kind, env) in contenders.items()}, rounds)
+    print(f'\nmedian of {rounds} rounds, batch {BATCH}, {steps} steps, '
           f'{os.cpu_count()} CPUs')
     print_table(results, 'pytorch (article loop)', 'img/s')
 

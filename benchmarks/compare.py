@@ -1,7 +1,11 @@
 """Runs contenders in separate processes, in alternating rounds, and prints their rates side by
 side with ratios to a reference. Each contender is a worker command that prints one JSON line
-{"rate": ..., ...extra fields} as its last line of output."""
+{"rate": ..., ...extra fields} as its last line of output.
 
+python benchmarks/compare.py --smoke   # run_rounds and print_table on two stub workers
+"""
+
+import argparse
 import json
 import os
 import statistics
@@ -48,3 +52,23 @@ def print_table(results: dict[str, list], reference: str, unit: str,
             row += (f' {median(name, key):8.3f}' if all(key in r for r in results[name])
                     else f' {"-":>8s}')
         print(row)
+
+
+STUB = 'import os; print("a line before the result"); print(os.environ["RESULT"])'  # a worker
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--smoke', action='store_true',
+                        help='2 rounds of two stub workers whose results are known')
+    args = parser.parse_args()
+    if not args.smoke:
+        parser.error('compare.py is the other benchmarks\' library; --smoke checks it on stubs')
+    results = run_rounds({'stub reference': (['-c', STUB], {'RESULT': '{"rate": 100}'}),
+                          'stub twice as fast': (['-c', STUB],
+                                                 {'RESULT': '{"rate": 200, "mfu": 0.5}'})}, 2)
+    print_table(results, 'stub reference', 'items/s', extra=('mfu',))
+
+
+if __name__ == '__main__':
+    main()

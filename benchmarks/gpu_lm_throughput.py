@@ -6,6 +6,7 @@ the median steady-state tokens/s and MFU it logs (MFU against the chip's dense b
 bigjax/perf.py). Goal: >= 55 % MFU on an H100/H200 for the 100m and 300m sizes.
 
 python benchmarks/gpu_lm_throughput.py [--sizes=100m,300m] [--steps=60] [--batch=0 (config's)]
+python benchmarks/gpu_lm_throughput.py --smoke   # the :smoke size on whatever backend is here
 """
 
 import argparse
@@ -42,12 +43,15 @@ def main() -> None:
     parser.add_argument('--sizes', default='100m,300m')
     parser.add_argument('--steps', type=int, default=60)
     parser.add_argument('--batch', type=int, default=0)
+    parser.add_argument('--smoke', action='store_true',
+                        help='the :smoke config for 11 steps, on whatever backend is here')
     args = parser.parse_args()
+    sizes, steps = (['smoke'], 11) if args.smoke else (args.sizes.split(','), args.steps)
     import jax
     print(f'{jax.device_count()} x {jax.devices()[0].device_kind}')
     print(f'{"size":>6s} {"batch":>6s} {"tokens/s":>12s} {"MFU":>6s}')
-    for size in args.sizes.split(','):
-        result = measure(size, args.steps, args.batch)
+    for size in sizes:
+        result = measure(size, steps, args.batch)
         print(f'{size:>6s} {result["batch"]:6d} {result["tokens_per_sec"]:12.0f} '
               f'{result["mfu"]:6.3f}', flush=True)
 

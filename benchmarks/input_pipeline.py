@@ -7,7 +7,7 @@ devices: data.on_device_max_mb), then the gather and the task's on-device input 
 for. Training is the real `train.run` of the same config, its steady-state examples/s from
 metrics.jsonl. Goal: the pipeline at least 10x faster than training.
 
-python benchmarks/input_pipeline.py [--batches=200]
+python benchmarks/input_pipeline.py [--batches=200] [--smoke]
 """
 
 import argparse
@@ -27,12 +27,14 @@ from compare import train_rows  # noqa: E402
 from configs import cnn_digits, transformer_cpu  # noqa: E402
 
 
-def configs():
-    """name: (config, training steps to time; the CNN runs ~300 steps/s, the LM ~1)."""
-    cnn = cnn_digits.get_config()
+def configs(smoke: bool):
+    """name: (config, training steps to time; the CNN runs ~300 steps/s, the LM ~1); with
+    `smoke`, their :smoke sizes for 4 steps."""
+    arg = 'smoke' if smoke else None
+    cnn = cnn_digits.get_config(arg)
     cnn.data.augment.update(crop_padding=1, rotation_degrees=10.0, scale_min=0.9, scale_max=1.1)
-    return {'cnn_digits (augmented)': (cnn, 1000),
-            'transformer_cpu': (transformer_cpu.get_config(), 40)}
+    return {'cnn_digits (augmented)': (cnn, 4 if smoke else 1000),
+            'transformer_cpu': (transformer_cpu.get_config(arg), 4 if smoke else 40)}
 
 
 def pipeline_examples_per_sec(config, batches: int) -> float:
@@ -69,10 +71,13 @@ def training_examples_per_sec(config, steps: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--batches', type=int, default=200)
+    parser.add_argument('--smoke', action='store_true',
+                        help='the :smoke configs, 2 batches and 4 training steps each')
     args = parser.parse_args()
+    batches = 2 if args.smoke else args.batches
     print(f'{"config":26s} {"pipeline ex/s":>14s} {"training ex/s":>14s} {"ratio":>8s}')
-    for name, (config, steps) in configs().items():
-        pipeline = pipeline_examples_per_sec(config, args.batches)
+    for name, (config, steps) in configs(args.smoke).items():
+        pipeline = pipeline_examples_per_sec(config, batches)
         training = training_examples_per_sec(config, steps)
         print(f'{name:26s} {pipeline:14.0f} {training:14.1f} {pipeline / training:7.1f}x',
               flush=True)

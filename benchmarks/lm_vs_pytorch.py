@@ -9,7 +9,7 @@ matmul peak measured in the same process. PyTorch runs the usual eager loop with
 `scaled_dot_product_attention` on random tokens of the same shape. Separate processes, in
 alternating rounds.
 
-python benchmarks/lm_vs_pytorch.py [--rounds=3] [--steps=40]
+python benchmarks/lm_vs_pytorch.py [--rounds=3] [--steps=40] [--smoke]
 """
 
 import argparse
@@ -23,7 +23,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compare import print_table, run_rounds, train_rows  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WIDTH, DEPTH, HEADS, MLP, LENGTH, BATCH, VOCAB = 256, 4, 4, 1024, 256, 16, 258
+SMOKE = '--smoke' in sys.argv  # the model's size, read here and in the workers (given --smoke)
+WIDTH, DEPTH, HEADS, MLP, LENGTH, BATCH, VOCAB = ((32, 2, 4, 64, 32, 4, 258) if SMOKE else
+                                                  (256, 4, 4, 1024, 256, 16, 258))
 
 
 def bigjax_worker(steps: int, attention: str) -> dict:
@@ -41,7 +43,7 @@ def bigjax_worker(steps: int, attention: str) -> dict:
     config.optim.warmup_steps = 0
     config.train.log_every = 10
     config.train.eval_batch_size = BATCH
-    config.data.eval_split = 'validation[:32]'
+    config.data.eval_split = 'validation[:1]' if SMOKE else 'validation[:32]'
     rows = train_rows(config, steps)[1:]
     return {'rate': statistics.median(r['tokens_per_sec'] for r in rows),
             'mfu': statistics.median(r['mfu'] for r in rows)}
@@ -109,13 +111,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--rounds', type=int, default=3)
     parser.add_argument('--steps', type=int, default=40)
+    parser.add_argument('--smoke', action='store_true',
+                        help='a width-32 model, 1 round of 11 steps, PyTorch and fused bigjax only')
     parser.add_argument('--worker', help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker == 'torch':
         return print(json.dumps(pytorch_worker(args.steps)))
     if args.worker:
         return print(json.dumps(bigjax_worker(args.steps, args.worker)))
-    script, steps = os.path.abspath(__file__), f'--steps={args.steps}'
+    rounds, num_steps = (1, 11) if args.smoke else (args.rounds, args.steps)
+    script, steps = os.path.abspath(__file__), f'--steps={num_steps}'
     contenders = {
         'pytorch (eager, SDPA)': ([script, '--worker=torch', steps], {}),
         'bigjax (fused CPU attention kernel)': ([script, '--worker=fused', steps],
@@ -126,8 +131,11 @@ def main() -> None:
         "bigjax (einops, XLA's own defaults)": ([script, '--worker=einops', steps],
                                                 {'XLA_FLAGS': '', 'BIGJAX_NO_XLA_DEFAULTS': '1'}),
     }
-    results = run_rounds(contenders, args.rounds)
-    print(f'\nmedian of {args.rounds} rounds; D{WIDTH} L{DEPTH} H{HEADS} T{LENGTH} B{BATCH} '
+    if args.smoke:
+        contenders = {name: ([*argv, '--smoke'], env) for name, (argv, env)
+                      in list(contenders.items())[:2]}
+    results = run_rounds(contenders, rounds)
+    print(f'\nmedian of {rounds} rounds; D{WIDTH} L{DEPTH} H{HEADS} T{LENGTH} B{BATCH} '
           f'V{VOCAB}, {os.cpu_count()} CPUs')
     print_table(results, 'pytorch (eager, SDPA)', 'tokens/s', extra=('mfu',))
 

@@ -1,18 +1,22 @@
 """An lm1b-shaped tfds corpus built offline, for benchmarks/text_pipeline.py: `train` holds N
-pseudo-English sentences of ~27 words (about 180 characters, like lm1b's 30.3 M), `test` N / 100.
+pseudo-English sentences of ~27 words (about 175 characters, like lm1b's 30.3 M), `test` N / 100.
 
 Words are syllable strings drawn from a Zipf law over a 60,000-word vocabulary, so BPE sees a
 realistic long tail; sentences are capitalised, carry a comma now and then and end with a full
 stop; about 1 % repeat an earlier sentence, for the duplicate filter. Everything is a pure
 function of (size, seed): the same files on every machine. Builder configs name the size
 ('100k', '1m', '3m', …).
+
+python benchmarks/pseudo_lm1b.py [--size=100k] [--smoke]   # words, characters, repeats
 """
+
+import argparse
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-SIZES = {'30k': 30_000, '100k': 100_000, '300k': 300_000, '1m': 1_000_000, '3m': 3_000_000,
-         '10m': 10_000_000}
+SIZES = {'1k': 1_000, '30k': 30_000, '100k': 100_000, '300k': 300_000, '1m': 1_000_000,
+         '3m': 3_000_000, '10m': 10_000_000}
 VOCABULARY = 60_000
 SYLLABLES = [c + v for c in ('', 'b', 'c', 'd', 'f', 'g', 'h', 'l', 'm', 'n', 'p', 'r', 's',
                              't', 'v', 'w', 'st', 'th', 'tr', 'pl')
@@ -78,3 +82,20 @@ class PseudoLm1b(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, count: int, seed: int):
         for i, sentence in enumerate(sentences(count, seed)):
             yield i, {'text': sentence}
+
+
+def main() -> None:
+    """Prints a size's train sentences: words and characters on average, the share repeated."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--size', default='100k', choices=SIZES)
+    parser.add_argument('--smoke', action='store_true', help='1,000 sentences (--size=1k)')
+    args = parser.parse_args()
+    size = '1k' if args.smoke else args.size
+    drawn = list(sentences(SIZES[size], seed=0))
+    print(f'{"size":>5s} {"sentences":>10s} {"words":>6s} {"characters":>10s} {"repeats":>8s}')
+    print(f'{size:>5s} {len(drawn):10,d} {np.mean([len(s.split()) for s in drawn]):6.1f} '
+          f'{np.mean([len(s) for s in drawn]):10.1f} {1 - len(set(drawn)) / len(drawn):8.2%}')
+
+
+if __name__ == '__main__':
+    main()

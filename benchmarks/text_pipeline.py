@@ -15,6 +15,7 @@ the same tokens.
 
 python benchmarks/text_pipeline.py [--sizes=1m,3m] [--old=3b08800 --old_sizes=100k]
 python benchmarks/text_pipeline.py --reads --sizes=1m   # read rates alone
+python benchmarks/text_pipeline.py --smoke [--reads]     # 1,000 sentences
 """
 
 import argparse
@@ -184,12 +185,16 @@ def main() -> None:
                         'of --sizes')
     parser.add_argument('--data_dir', default=os.path.join(tempfile.gettempdir(),
                                                            'bigjax_text_pipeline'))
+    parser.add_argument('--smoke', action='store_true',
+                        help='--sizes=1k: 1,000 sentences (and 100 test), no --old')
     parser.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
     parser.add_argument('--size', help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args.size, args.data_dir)))
         return
+    if args.smoke:
+        args.sizes, args.old = '1k', ''
     sizes, old_sizes = args.sizes.split(','), args.old_sizes.split(',') if args.old else []
     for size in dict.fromkeys(old_sizes + sizes):
         prepare(size, args.data_dir)

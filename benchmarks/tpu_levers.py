@@ -2,7 +2,8 @@
 (bigjax/aot.py, XLA's TPU compiler from libtpu): HBM per chip, compile time and the roofline
 step time, one lever at a time from the plain model to the shipped config.
 
-python benchmarks/tpu_levers.py [--size=100m] [--topology=v5e-8]   (needs requirements-tpu.txt)
+python benchmarks/tpu_levers.py [--size=100m] [--topology=v5e-8] [--smoke]
+(needs requirements-tpu.txt)
 """
 
 import argparse
@@ -58,14 +59,18 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument('--size', default='100m')
     parser.add_argument('--topology', default='v5e-8')
+    parser.add_argument('--smoke', action='store_true',
+                        help='the plain lever alone, at the :smoke size on a v5e-4, in seconds')
     args = parser.parse_args()
-    print(f'transformer_tpu.py:{args.size} on {args.topology}\n')
+    size, topology, levers = (('smoke', 'v5e-4', LEVERS[:1]) if args.smoke else
+                              (args.size, args.topology, LEVERS))
+    print(f'transformer_tpu.py:{size} on {topology}\n')
     print('| lever | GiB per chip (temporaries) | fits | compile (train) | step (roofline) | '
           'MFU at best |')
     print('|---|---|---|---|---|---|')
-    for row, overrides in LEVERS:
+    for row, overrides in levers:
         try:
-            r = aot.compile_config(configured(args.size, overrides), args.topology)
+            r = aot.compile_config(configured(size, overrides), topology)
         except UserError as e:
             needs = re.search(r'needs ([\d.]+) GiB.*temporaries ([\d.]+) GiB', str(e))
             print(f'| {row} | {needs[1]} ({needs[2]}) | no | | | |' if needs else
