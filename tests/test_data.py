@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from bigjax import data
+from bigjax import data, writers
 from bigjax.config import default_config
 from bigjax.data import datasets, digits, sources
 from bigjax.errors import UserError
@@ -194,13 +194,14 @@ def test_data_classes_keeps_the_first_n_train_examples_of_each_relabelled_in_tha
     assert len(chosen.train) == 8 and len(chosen.eval) > 8  # eval: every example of 3 and 1
 
 
-def test_a_class_with_fewer_than_train_per_class_examples_is_a_warning(caplog):
+def test_a_class_with_fewer_than_train_per_class_examples_is_a_warning(capsys):
+    writers.show_log()  # bigjax's log on stderr, as train.run sets it up
     full = data.open_dataset(synthetic_images())
     counts = np.bincount(full.train.arrays['label'])
     few = data.open_dataset(synthetic_images(train_per_class=int(counts.max())))
     assert len(few.train) == len(full.train)
     short = {c: int(n) for c, n in enumerate(counts) if n < counts.max()}
-    assert short and f'fewer examples of classes {short}' in caplog.text
+    assert short and f'fewer examples of classes {short}' in capsys.readouterr().err
 
 
 def test_train_per_class_alone_keeps_every_class_and_the_whole_eval_split():
