@@ -6,6 +6,7 @@ are Python regular expressions that must match a whole name. Variables other tha
 """
 
 import dataclasses
+import functools
 import json
 import logging
 import re
@@ -141,11 +142,6 @@ def _names(variables: dict) -> dict[str, object]:
     return out
 
 
-def _scanned(names) -> bool:
-    """Whether the blocks of the model these parameter names belong to are stacked (scan_layers)."""
-    return any(name.startswith('encoder/blocks/') for name in names)
-
-
 def plan_load(init_config, abstract_state) -> LoadPlan:
     """Matches the checkpoint's arrays to this model's by name and shape; raises UserError for
     a shape mismatch not allowed by init_from.resize, or patterns that match nothing."""
@@ -153,7 +149,7 @@ def plan_load(init_config, abstract_state) -> LoadPlan:
     wanted = {n: tuple(a.shape) for n, a in _names(_variables(abstract_state)).items()}
     if hf.is_hf_folder(directory):
         saved = {n: tuple(a.shape) for n, a in pytree.flat(hf.param_shapes(
-            hf.read_config(directory), scan_layers=_scanned(wanted))).items()}
+            hf.read_config(directory), scan_layers=hf.scanned(wanted))).items()}
     else:
         metadata = ocp.PyTreeCheckpointer().metadata(directory / 'state').item_metadata
         saved = {n: tuple(a.shape) for n, a in _names(_variables(metadata.tree)).items()}
@@ -260,13 +256,16 @@ def load(plan: LoadPlan, shardings) -> dict[str, jax.Array]:
     targets = _names(_variables(shardings))
     if hf.is_hf_folder(plan.directory):
         loaders = hf.param_loaders(hf.Tensors(plan.directory), hf.read_config(plan.directory),
-                                   scan_layers=_scanned(plan.loaded))
+                                   scan_layers=hf.scanned(plan.loaded))
     else:
         metadata = ocp.PyTreeCheckpointer().metadata(plan.directory / 'state').item_metadata.tree
         restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
         restored = _names(_variables(ocp.PyTreeCheckpointer().restore(
             plan.directory / 'state', restore_args=restore_args)))
         loaders = {name: (lambda array=array: array) for name, array in restored.items()}
+    if plan.head_tokens:  # the head is read from the embedding too: read that once
+        loaders['token_embedding/embedding'] = functools.cache(
+            loaders['token_embedding/embedding'])
     arrays = {name: _placed(np.asarray(loaders[name]()), targets[name]) for name in plan.loaded}
     for name, _, shape in plan.resized:
         saved = np.asarray(loaders[name]())

@@ -364,12 +364,17 @@ def to_params(tensors, hf_config: dict, *, scan_layers: bool = False) -> dict:
         tensors, hf_config, scan_layers=scan_layers).items()})
 
 
+def scanned(names) -> bool:
+    """Whether the blocks of the model these parameter names belong to are stacked (scan_layers)."""
+    return any(name.startswith('encoder/blocks/') for name in names)
+
+
 def from_params(params, hf_config: dict) -> dict[str, np.ndarray]:
     """The Hugging Face tensors (float32, by name) of bigjax TransformerLM `params`; a GPT-2
     bias bigjax does not have is written as zeros."""
     options, top, block = _pairs(hf_config)
     names = {name: np.asarray(value, np.float32) for name, value in pytree.flat(params).items()}
-    scanned = any(name.startswith('encoder/blocks/') for name in names)
+    stacked = scanned(names)
     tensors = {}
 
     def save(pair, value):
@@ -379,9 +384,9 @@ def from_params(params, hf_config: dict) -> dict[str, np.ndarray]:
         save(pair, names[pair.name])
     for i in range(options['depth']):
         for pair in block(i):
-            name = f'encoder/blocks/{pair.name}' if scanned else f'encoder/block{i}/{pair.name}'
-            value = names[name][i] if scanned and name in names else names.get(name)
-            save(pair, _zero_bias(names, name, i if scanned else None)
+            name = f'encoder/blocks/{pair.name}' if stacked else f'encoder/block{i}/{pair.name}'
+            value = names[name][i] if stacked and name in names else names.get(name)
+            save(pair, _zero_bias(names, name, i if stacked else None)
                  if value is None else value)
     return tensors
 

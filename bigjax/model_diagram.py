@@ -19,6 +19,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
+from bigjax import finetune, pytree
+
 WIDTH = 7.0  # inches, the whole picture
 ROW = 0.5  # inches, a box's header: two lines of text
 GAP = 0.2  # inches between boxes one after another (the arrow)
@@ -48,7 +50,7 @@ def layers(model: nn.Module, variables, *args, max_depth: int = 2,
     below the root, in the order their calls start (the root first). `args` may be arrays or
     jax.ShapeDtypeStructs; `frozen` takes 'encoder/block0/mlp/up/kernel' names."""
     variables = nn.unbox(variables)
-    sizes = _sizes(variables.get('params', {}))
+    params = pytree.flat(variables.get('params', {}))
     calls = {}
 
     def record(call, call_args, call_kwargs, context):
@@ -66,18 +68,12 @@ def layers(model: nn.Module, variables, *args, max_depth: int = 2,
         jax.eval_shape(functools.partial(model.apply, **kwargs), variables, *args)
     result = []
     for path, (type_name, inputs, outputs, inner) in calls.items():
-        mine = {name: size for name, size in sizes.items() if name[:len(path)] == path}
-        total = sum(mine.values())
-        result.append(Layer(path, type_name, inputs, outputs, total,
-                            sum(s for n, s in mine.items() if not frozen('/'.join(n))),
+        trainable, total = finetune.parameter_counts(pytree.unflat(
+            {name: leaf for name, leaf in params.items()
+             if tuple(name.split('/')[:len(path)]) == path}), frozen)
+        result.append(Layer(path, type_name, inputs, outputs, total, trainable,
                             total // inner if 0 < inner < total else 1))
     return result
-
-
-def _sizes(params) -> dict[tuple[str, ...], int]:
-    """{leaf path: element count} of a nested dict of arrays."""
-    return {tuple(str(getattr(key, 'key', key)) for key in path): int(np.prod(leaf.shape))
-            for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
 
 
 def _arrays(tree) -> tuple:

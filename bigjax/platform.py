@@ -15,6 +15,8 @@ import os
 import jax
 from jax.experimental.compilation_cache import compilation_cache
 
+from bigjax import workdir as workdir_lib
+
 CPU_FLAGS = ('--xla_cpu_experimental_ynn_fusion_type=',)
 ACCELERATOR_PLUGINS = ('jax_cuda13_plugin', 'jax_cuda12_plugin', 'jax_rocm7_plugin', 'libtpu')
 
@@ -33,9 +35,7 @@ def set_xla_defaults() -> None:
 def use_compilation_cache(directory: str) -> None:
     """Keeps compiled programs in `directory` (jax's persistent cache; '' = off), so a restarted
     or resumed run loads its train and eval steps instead of compiling them again."""
-    path = directory or None
-    if path and '://' not in path:
-        path = os.path.abspath(os.path.expanduser(path))
+    path = os.fspath(workdir_lib.resolve(directory)) if directory else None
     if jax.config.jax_compilation_cache_dir != path:
         compilation_cache.set_cache_dir(path)
         compilation_cache.reset_cache()  # jax reads the setting once per process otherwise

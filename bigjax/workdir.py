@@ -56,10 +56,13 @@ def write_atomically(path: epath.Path, text: str) -> None:
     tmp.replace(path)
 
 
+COPY_BYTES = 16 << 20  # files are copied in pieces of this size (host memory stays bounded)
+
+
 def copy_file(source: epath.Path, target: epath.Path) -> None:
     """Copies one file, between disks and object stores alike, a piece at a time."""
     with source.open('rb') as read, target.open('wb') as write:
-        shutil.copyfileobj(read, write, 16 << 20)
+        shutil.copyfileobj(read, write, COPY_BYTES)
 
 
 def copy_tree(source: epath.Path, target: epath.Path) -> None:

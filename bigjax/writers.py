@@ -105,9 +105,10 @@ class MetricWriter:
         if not self.enabled:
             return
         row = {'step': int(step), 'split': split, **values, 'time': round(time.time(), 3)}
-        self.rows.append(row)
         try:
-            if not self.object_store:
+            if self.object_store:
+                self.rows.append(row)
+            else:
                 with self.path.open('a') as f:
                     f.write(json.dumps(row) + '\n')
             for name, value in values.items():
@@ -123,7 +124,7 @@ class MetricWriter:
         if not self.enabled:
             return
         try:
-            if self.object_store:
+            if self.object_store and len(self.rows) != self.rewritten_rows:
                 self._rewrite()
             self.tensorboard.flush()
         except OSError as e:
@@ -132,6 +133,7 @@ class MetricWriter:
 
     def _rewrite(self) -> None:
         workdir_lib.write_atomically(self.path, ''.join(json.dumps(row) + '\n' for row in self.rows))
+        self.rewritten_rows = len(self.rows)
 
     def write_details(self, step: int, details: dict) -> None:
         if self.enabled:
@@ -154,12 +156,15 @@ class _ObjectEvents:
 
     def __init__(self, path: str):
         self.path, self.buffer = epath.Path(path), io.BytesIO()
+        self.written = -1  # bytes of the buffer the object holds (-1: not written yet)
 
     def write(self, data: bytes) -> None:
         self.buffer.write(data)
 
     def flush(self) -> None:
-        self.path.write_bytes(self.buffer.getvalue())
+        if self.buffer.tell() != self.written:  # tensorboardX flushes several times at close
+            self.path.write_bytes(self.buffer.getvalue())
+            self.written = self.buffer.tell()
 
     def close(self) -> None:
         self.flush()

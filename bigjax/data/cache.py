@@ -24,7 +24,6 @@ from bigjax import workdir as workdir_lib
 from bigjax.errors import UserError
 
 Arrays = dict[str, np.ndarray]
-COPY_BYTES = 16 << 20  # ArrayWriter.close copies its rows in pieces of this size
 LOCAL_COPIES = '~/.cache/bigjax/objects'  # this host's copies of entries in object stores
 
 
@@ -36,7 +35,7 @@ def cached(directory: epath.Path, key: dict,
     if workdir_lib.is_object_store(directory):
         return _through_local_copy(directory, key, build)
     text = json.dumps(key, sort_keys=True)
-    folder = directory / hashlib.sha256(text.encode()).hexdigest()[:20]
+    folder = directory / _entry_name(key)
     if (folder / 'key.json').exists():
         try:
             return _load(folder)
@@ -65,11 +64,16 @@ def cached(directory: epath.Path, key: dict,
     return _load(folder)
 
 
+def _entry_name(key: dict) -> str:
+    """The folder name of `key`'s entry, the same in an object store and on local disk."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+
+
 def _through_local_copy(directory: epath.Path, key: dict, build) -> tuple[Arrays, dict]:
     """`cached` for an entry in an object store: loaded from this host's copy, downloaded into
     it, or built into it and then uploaded (again, if an upload was cut short)."""
     local = epath.Path(os.path.expanduser(LOCAL_COPIES)) / os.fspath(directory).replace('://', '/')
-    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    name = _entry_name(key)
     remote = directory / name
     if not (local / name / 'key.json').exists() and (remote / 'key.json').exists():
         return cached(local, key, lambda folder: _download(remote, folder))
@@ -112,7 +116,7 @@ class ArrayWriter:
                   'shape': (self.num_rows, *self.row_shape)}
         with self.path.open('wb') as out, self._side_path.open('rb') as side:
             np.lib.format.write_array_header_1_0(out, header)
-            shutil.copyfileobj(side, out, COPY_BYTES)
+            shutil.copyfileobj(side, out, workdir_lib.COPY_BYTES)
         self._side_path.unlink()
         return self.num_rows
 

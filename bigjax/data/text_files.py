@@ -82,12 +82,12 @@ def open_text_files(data_config):
                         '(task "lm")')
     files = expand(data_config.paths)
     cleaning = {'unicode_form': t.unicode_form, 'whitespace': t.whitespace}
+    learnt = t.tokenizer in tokenizers.LEARNT
+    fixed = None if learnt else tokenizers.load(t.tokenizer)  # byte, or a model's own: read once
     key = {'files': signature(files), 'val_fraction': data_config.val_fraction,
-           'tokenizer': t.tokenizer if t.tokenizer in tokenizers.LEARNT else
-           tokenizers.load(t.tokenizer).name, 'seq_len': t.seq_len, **cleaning,
+           'tokenizer': t.tokenizer if learnt else fixed.name, 'seq_len': t.seq_len, **cleaning,
            **({'vocab_size': t.vocab_size} if t.tokenizer == 'bpe' else {}),
-           **({'tokenizer_sample': t.tokenizer_sample} if t.tokenizer in tokenizers.LEARNT
-              else {})}
+           **({'tokenizer_sample': t.tokenizer_sample} if learnt else {})}
 
     def build(folder):
         docs = [text.clean_text(read_utf8(f), **cleaning) for f in files]
@@ -97,13 +97,13 @@ def open_text_files(data_config):
                             f'by data.val_fraction={data_config.val_fraction}')
         trained, report = '', {'characters': [sum(map(len, train_docs)),
                                               sum(map(len, eval_docs))]}
-        if t.tokenizer in tokenizers.LEARNT:
+        if learnt:
             sample = tokenizers.sample(lambda i: [train_docs[i]], len(train_docs),
                                        t.tokenizer_sample)
             trained = tokenizers.train(t.tokenizer, sample, t.vocab_size)
             report['tokenizer_sample'] = {'documents': len(sample),
                                           'characters': sum(map(len, sample))}
-        tokenizer = tokenizers.load(t.tokenizer, trained)
+        tokenizer = fixed or tokenizers.load(t.tokenizer, trained)
         dtype = text.token_dtype(tokenizer.vocab_size)
         for name, split_docs in (('eval', eval_docs), ('train', train_docs)):
             num_windows, num_tokens = encode.write_lm([(split_docs, None)], tokenizer, folder,
@@ -116,7 +116,7 @@ def open_text_files(data_config):
         return {}, {'tokenizer': trained, **report}
 
     arrays, report = cache.cached(cache_dir(data_config, 'text_files'), key, build)
-    tokenizer = tokenizers.load(t.tokenizer, report['tokenizer'])
+    tokenizer = fixed or tokenizers.load(t.tokenizer, report['tokenizer'])
     splits = {name: Split(len(arrays[f'{name}_tokens']),
                           lambda name=name: {'tokens': arrays[f'{name}_tokens']})
               for name in ('train', 'eval')}
