@@ -2,6 +2,8 @@
 
 python launch.py --config=configs/cnn_digits.py[:smoke] --workdir=DIR
 python launch.py --config=configs/transformer_cpu.py --workdir=DIR --mode=sample --prompt='def '
+python launch.py --config=configs/chat_exceptions.py:finetune --workdir=DIR --mode=sample \
+    --conversation='[{"role": "user", "content": "..."}]'  (the answer, in the chat template)
 python launch.py --config=configs/cnn_digits.py --workdir=DIR --mode=report  (DIR/report.html)
 python launch.py --config=CONFIG --workdir=DIR --mode=export --export_dir=OUT  (LoRA merged;
     OUT serves as --config.init_from.path; --export_format=hf: a Hugging Face model folder)
@@ -35,6 +37,9 @@ flags.DEFINE_string('export_dir', '', 'export: an empty or new folder for the pa
 flags.DEFINE_enum('export_format', 'bigjax', ['bigjax', 'hf'], 'export: a checkpoint folder for '
                   'init_from.path, or (hf) a Hugging Face model folder for transformers.')
 flags.DEFINE_string('prompt', '', 'sample: the text to continue.')
+flags.DEFINE_string('conversation', '', 'sample: a conversation to answer in the chat template '
+                    '(JSON messages [{"role": "user", "content": "..."}], or a .json file of '
+                    'them); prints the answer, up to its end of turn.')
 flags.DEFINE_integer('num_tokens', 200, 'sample: how many tokens to add.')
 flags.DEFINE_float('temperature', 0.8, 'sample: softmax temperature; 0 = most likely token.')
 flags.DEFINE_integer('top_k', 0, 'sample: draw from the k most likely tokens only; 0 = all.')
@@ -110,7 +115,8 @@ def main(argv):
         if FLAGS.mode == 'sample':
             print(sample.from_workdir(config, FLAGS.workdir, FLAGS.prompt,
                                       num_tokens=FLAGS.num_tokens, temperature=FLAGS.temperature,
-                                      top_k=FLAGS.top_k, seed=config.seed))
+                                      top_k=FLAGS.top_k, seed=config.seed,
+                                      conversation=FLAGS.conversation))
         elif FLAGS.mode == 'report':
             print(report.from_workdir(config, FLAGS.workdir))
         elif FLAGS.mode == 'export':

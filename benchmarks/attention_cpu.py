@@ -1,7 +1,9 @@
 """Causal attention alone on CPU: bigjax's fused kernel vs the einops reference vs
 jax.nn.dot_product_attention vs PyTorch's scaled_dot_product_attention, forward and
 forward+backward, at the benchmark LM's shape (batch 16, 256 tokens, 4 heads of 64), in one
-process, interleaved rounds, best of each.
+process, interleaved rounds, best of each. The fused kernel also runs with document masks
+(segment ids): one document a row (masks that hide nothing: their pure cost) and four packed
+documents a row (blocks across documents skipped), each against the kernel without ids.
 
 Inputs are the packed projection (B, T, heads, 3, K) the model hands to attention, so the JAX
 contenders pay for the slices and layouts they need, as they do in the model.
@@ -26,11 +28,21 @@ from bigjax.models import attention  # noqa: E402
 BATCH, LENGTH, HEADS, WIDTH = 16, 256, 4, 64
 
 
-def jax_contenders():
-    def make(attend, packed_hint):
+def document_segments(batch: int, length: int, documents: int) -> np.ndarray:
+    """Segment ids of `documents` packed documents of uneven lengths in each row."""
+    cuts = (np.array([0.27, 0.51, 0.78])[:documents - 1] * length).astype(int)
+    return np.broadcast_to(1 + np.searchsorted(cuts, np.arange(length), side='right'),
+                           (batch, length)).astype(np.int32)
+
+
+def jax_contenders(batch: int, length: int):
+    def make(attend, packed_hint, segments=None):
         def forward(qkv):
             q, k, v = qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]
             extra = {'qkv_BTGCK': qkv} if packed_hint else {}
+            if segments is not None:
+                ids = jax.numpy.asarray(segments)
+                extra.update(query_segments_BT=ids, key_segments_BS=ids)
             return attend(q, k, v, causal=True, **extra)
 
         def forward_backward(qkv):
@@ -39,6 +51,10 @@ def jax_contenders():
         return jax.jit(forward), jax.jit(forward_backward)
 
     return {'bigjax fused kernel': make(attention.fused_attention, True),
+            'fused kernel, 1 document a row': make(
+                attention.fused_attention, True, document_segments(batch, length, 1)),
+            'fused kernel, 4 documents a row': make(
+                attention.fused_attention, True, document_segments(batch, length, 4)),
             'einops reference': make(attention.einops_attention, False),
             'jax.nn.dot_product_attention': make(attention.library_attention, False)}
 
@@ -80,7 +96,7 @@ def main() -> None:
         (batch, length, heads, 3, width)).astype(np.float32)
     qkv = jax.numpy.asarray(qkv_np)
     timers = {name: (lambda f=f: f(qkv), lambda f=g: f(qkv))
-              for name, (f, g) in jax_contenders().items()}
+              for name, (f, g) in jax_contenders(batch, length).items()}
     timers['pytorch SDPA'] = torch_contender(qkv_np)
     blocks = {name: (lambda r: None) if name.startswith('pytorch') else jax.block_until_ready
               for name in timers}
@@ -95,6 +111,11 @@ def main() -> None:
     print(f'{"contender":32s} {"forward ms":>11s} {"fwd+bwd ms":>11s} {"fwd+bwd vs pytorch":>19s}')
     for name, (forward, both) in best.items():
         print(f'{name:32s} {forward:11.2f} {both:11.2f} {reference / both:18.2f}x')
+    plain = best['bigjax fused kernel'][1]
+    for documents in (1, 4):
+        masked = best[f'fused kernel, {documents} document{"s" if documents > 1 else ""} a row'][1]
+        print(f'document masks, {documents} a row: fwd+bwd {masked / plain:.3f}x the kernel '
+              f'without them ({100 * (masked / plain - 1):+.1f} %)')
 
 
 if __name__ == '__main__':

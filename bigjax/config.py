@@ -25,11 +25,13 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.name = 'sklearn_digits'  # a tfds name, an offline builder, 'synthetic', or your own
-    # files: 'text_files' (data.paths: comma-separated files or globs) or 'image_folder'
-    # (data.paths: a folder with a sub-folder per class, or train/ and test/ holding those)
+    # files: 'text_files' (data.paths: comma-separated files or globs), 'image_folder'
+    # (data.paths: a folder with a sub-folder per class, or train/ and test/ holding those) or
+    # 'chat' (data.paths: conversations in .jsonl/.json/.parquet files or `datasets`; data.chat)
     c.data.paths = ''
     c.data.val_fraction = 0.1  # text_files: the last fraction of the characters is the eval split;
-    # image_folder without train/ and test/: a fraction of each class, chosen by file name hash
+    # image_folder without train/ and test/: a fraction of each class, chosen by file name hash;
+    # chat without data.chat.eval_paths: a fraction of the records, chosen by their hash
     c.data.image_shape = (32, 32, 3)  # image_folder: images are resized to (height, width, channels)
     c.data.data_dir = ''  # tfds data_dir; '' is tfds' default (~/tensorflow_datasets)
     c.data.download = True  # allow downloading/preparing a tfds dataset that is not prepared
@@ -57,6 +59,21 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.text.unicode_form = 'NFC'  # unicode normalisation; '' = none
     c.data.text.whitespace = 'lines'  # 'keep' | 'lines' (strip line ends) | 'collapse' (prose)
     c.data.text.drop_duplicates = True  # drop exact duplicate documents (after cleaning)
+    c.data.text.document_mask = False  # LM windows: each document attends only to itself
+    # (segment ids and positions restart after every end-of-document id), as flax's lm1b packs
+    c.data.chat = ml_collections.ConfigDict()  # conversations (data/chat.py; data.name='chat')
+    c.data.chat.format = 'auto'  # 'messages' | 'sharegpt' | 'prompt_completion' | 'alpaca' |
+    # 'auto' (by each record's fields)
+    c.data.chat.template = ''  # '' = the tokenizer's own chat template (else 'default') |
+    # 'default' (bigjax's) | 'plain' (contents joined, answers end with eos) | a file | Jinja text
+    c.data.chat.train_on = 'assistant'  # learn every 'assistant' turn, the 'last' one, or 'all'
+    c.data.chat.pack = True  # several conversations per window (kept apart); False = one each
+    c.data.chat.bad_records = 'error'  # 'error' (one line naming it) | 'skip' (and count)
+    c.data.chat.eval_paths = ''  # eval sources like data.paths; '' = data.val_fraction held out
+    c.data.chat.eval_generations = 32  # held-out prompts answered (greedy) at each eval; 0 = none
+    c.data.chat.answer_tokens = 64  # the longest answer generated for them
+    c.data.chat.scorer = 'exact_match'  # 'exact_match' | 'contains' | 'module:function'
+    # (generated, reference) -> score in [0, 1]
     c.data.classes = ()  # classification: keep these class ids only, relabelled 0.. in this order
     c.data.train_per_class = 0  # classification: > 0 keeps the first N train examples per class
     c.data.prefetch = 2  # batches prepared on device ahead of the step; 0 = none

@@ -71,10 +71,14 @@ def hf_model(plan, params, options: dict, out) -> str:
         from tokenizers import Tokenizer
         token = Tokenizer.from_str(tokenizer.json).id_to_token
         (out / 'tokenizer.json').write_text(tokenizer.json)
-        (out / 'tokenizer_config.json').write_text(json.dumps({
-            'tokenizer_class': 'PreTrainedTokenizerFast', 'bos_token': token(tokenizer.eos_id),
-            'eos_token': token(tokenizer.eos_id), 'pad_token': token(tokenizer.pad_id)},
-            indent=2) + '\n')
+        settings = {'tokenizer_class': 'PreTrainedTokenizerFast',
+                    'bos_token': token(tokenizer.eos_id), 'eos_token': token(tokenizer.eos_id),
+                    'pad_token': token(tokenizer.pad_id), **tokenizer.special_tokens}
+        template = (plan.dataset.chat.template.source if plan.dataset.chat is not None
+                    else tokenizer.chat_template)
+        if template:  # rendered with the special tokens above, as in training
+            settings['chat_template'] = template
+        (out / 'tokenizer_config.json').write_text(json.dumps(settings, indent=2) + '\n')
     what = 'with its tokenizer' if tokenizer.json is not None else (
         f'without a tokenizer: transformers has none like bigjax\'s {tokenizer.name!r}')
     return f'a Hugging Face {config["model_type"]} model, {what}'

@@ -205,12 +205,13 @@ class _Forward:
 
     def _apply(self, state, batch, *, attention: bool):
         inputs = self.task.inputs(batch, state.rng, False)
+        kwargs = {k: v for k, v in self.task.call_kwargs(batch).items() if k != 'features'}
         variables = {'params': state.params, **state.model_state}
         with parallel.layout(self.plan.mesh, self.plan.rules):
             if not attention:
-                return self.plan.model.apply(variables, inputs, train=False), {}
+                return self.plan.model.apply(variables, inputs, train=False, **kwargs), {}
             outputs, extra = self.plan.model.apply(variables, inputs, train=False,
-                                                   mutable=['intermediates'])
+                                                   mutable=['intermediates'], **kwargs)
         return outputs, _layer_weights(extra['intermediates'])
 
 
@@ -241,6 +242,8 @@ def _eval_batches(plan, arrays):
 
 
 def _evaluation(plan, forward, state, figures: _Figures) -> str:
+    if plan.dataset.chat is not None:
+        return _answers(plan)
     if plan.dataset.kind == 'text_lm':
         return ('<p>Language model: loss, perplexity, bits per byte/character and next-token '
                 'accuracy are in the metrics table and curves.</p>')
@@ -267,6 +270,26 @@ def _evaluation(plan, forward, state, figures: _Figures) -> str:
                        for i, name in enumerate(names)]))
     out.append(_most_confused(plan, forward, state, figures))
     return ''.join(out)
+
+
+def _answers(plan) -> str:
+    """Chat data: the held-out prompts, their reference answers and the model's, as scored at
+    the latest evaluation."""
+    chat = plan.dataset.chat
+    intro = ('<p>Chat data: loss, perplexity and accuracy count the answer tokens only (the '
+             'tokens data.chat.train_on learns).</p>')
+    found = writers.read_latest_details(plan.workdir)
+    if not chat.prompts or found is None or 'generations' not in found[1]:
+        return intro + '<p>No answers generated yet (data.chat.eval_generations).</p>'
+    step, details = found
+    rows = details['generations']
+    mean = sum(r['score'] for r in rows) / max(len(rows), 1)
+    return intro + (f'<p>Step {step}: {len(rows)} held-out prompts answered greedily (at most '
+                    f'{chat.answer_tokens} tokens, up to the end of turn); {chat.scorer} '
+                    f'{mean:.4f}.</p>') + _table(
+        ['question', 'reference', 'generated', 'score'],
+        [[_snippet(r['question'], 300), r['reference'], r['generated'], r['score']]
+         for r in rows], numeric_from=3)
 
 
 def _most_confused(plan, forward, state, figures: _Figures) -> str:
@@ -302,6 +325,8 @@ def _data(plan, figures: _Figures) -> str:
     dataset = plan.dataset
     if dataset.kind == 'image':
         return _image_data(plan, figures)
+    if dataset.chat is not None:
+        return _chat_data(plan, figures)
     if dataset.kind not in ('text_lm', 'text_classification'):  # a kind of the user's own
         return _table(['training array', 'shape', 'dtype'],
                       [[name, str(array.shape), str(array.dtype)]
@@ -339,6 +364,69 @@ def _data(plan, figures: _Figures) -> str:
                            viz.token_coverage, counts,
                            bytes_per_token=float(token_bytes[real].mean()) if len(real) else 0.0))
     return ''.join(out)
+
+
+def _chat_data(plan, figures: _Figures) -> str:
+    """What became of the records (bad, truncated, dropped), how full the packed windows are, the
+    first conversations with their learnt tokens marked, and conversation lengths."""
+    stats, tokenizer = plan.dataset.chat.stats, plan.dataset.tokenizer
+    keys = [('records', 'records'), ('bad_skipped', 'bad, skipped'),
+            ('truncated', 'truncated'), ('nothing_to_learn', 'dropped: nothing to learn'),
+            ('examples', 'conversations'), ('windows', 'windows'), ('per_window', 'per window'),
+            ('fill', 'tokens filled'), ('learnt_tokens', 'tokens learnt')]
+    table = _table(['split'] + [label for _, label in keys], [
+        [split] + [stats[split]['examples'] / max(stats[split]['windows'], 1) if k == 'per_window'
+                   else stats[split][k] for k, _ in keys] for split in ('train', 'eval')])
+    arrays = plan.dataset.train.arrays
+    tokens, segments, weights = (np.asarray(arrays[n][:8]) for n in ('tokens', 'segments',
+                                                                    'weights'))
+    shown = []
+    for row in range(len(tokens)):
+        for segment in np.unique(segments[row][segments[row] > 0]):
+            where = np.flatnonzero(segments[row] == segment)
+            shown.append(''.join(
+                f'<span class="learnt">{html.escape(part)}</span>' if learnt else
+                html.escape(part) for part, learnt in _runs(tokenizer, tokens[row][where],
+                                                            weights[row][where])))
+            if len(shown) == 3:
+                break
+        if len(shown) == 3:
+            break
+    lengths = np.concatenate([np.bincount(s[s > 0])[1:] for s in np.asarray(
+        arrays['segments'][:4096])])
+    return ('<h3>Conversations</h3>' + table +
+            '<h3>Training conversations (the first three; learnt tokens marked)</h3>' +
+            ''.join(f'<pre class="doc">{c}</pre>' for c in shown) +
+            figures.add('token_lengths', 'Tokens per training conversation (after truncation to '
+                        f'data.text.seq_len + 1 = {plan.dataset.seq_len + 1}).', viz.histogram,
+                        lengths[lengths > 0], title='conversation lengths', xlabel='tokens'))
+
+
+def _runs(tokenizer, ids, weights):
+    """(decoded text, learnt) of each run of tokens with the same weight, special tokens shown
+    by their ids' texts where the tokenizer skips them when decoding."""
+    cuts = np.flatnonzero(np.diff(weights)) + 1
+    for run_ids, run_weights in zip(np.split(ids, cuts), np.split(weights, cuts)):
+        yield _visible(tokenizer, run_ids), bool(run_weights[0])
+
+
+def _visible(tokenizer, ids) -> str:
+    """The text of `ids` with the special tokens a decode leaves out shown as ⟨token⟩."""
+    parts, start = [], 0
+    for i, token in enumerate(ids):
+        if tokenizer.decode([token]) == '' and tokenizer.decode(ids[i:i + 4]) == \
+                tokenizer.decode(ids[i + 1:i + 4]):
+            parts.append(tokenizer.decode(ids[start:i]) + f'⟨{_token_name(tokenizer, token)}⟩')
+            start = i + 1
+    return ''.join(parts) + tokenizer.decode(ids[start:])
+
+
+def _token_name(tokenizer, token) -> str:
+    names = {tokenizer.eos_id: 'eos', tokenizer.pad_id: 'pad'}
+    if tokenizer.json is not None:
+        from bigjax.data import tokenizers
+        return tokenizers.hf_tokenizer(tokenizer.json).id_to_token(int(token)) or str(token)
+    return names.get(int(token), str(int(token)))
 
 
 def _image_data(plan, figures: _Figures) -> str:
@@ -503,6 +591,7 @@ img { max-width: 100%; }
 pre { background: #f6f6f6; padding: 0.6em; overflow-x: auto; font-size: 0.85em; }
 pre.doc { white-space: pre-wrap; }
 span.prompt { color: #888; }
+span.learnt { background: #dfd; }
 '''
 
 # Records on <body> how many images decoded and any script error, for headless checks.

@@ -69,7 +69,7 @@ def train_step(state: TrainState, batch: dict, *, model: nn.Module,
         with parallel.layout(mesh, rules):
             outputs, model_state = _apply(model, state.replace(model_state=model_state), params,
                                           inputs, train=True, rng=dropout_rng,
-                                          **task.model_kwargs)
+                                          **task.call_kwargs(micro_batch))
         sums = metrics.train_sums(task.sums(outputs, micro_batch))
         return sums['loss_sum'], (sums, model_state)
 
@@ -101,5 +101,6 @@ def eval_step(state: TrainState, batch: dict, *, model: nn.Module, task: Task, r
     """Evaluation sums over the rows of `batch` whose `mask` is set."""
     inputs = task.inputs(batch, state.rng, False)
     with parallel.layout(mesh, rules):
-        outputs, _ = _apply(model, state, state.params, inputs, train=False, **task.model_kwargs)
+        outputs, _ = _apply(model, state, state.params, inputs, train=False,
+                            **task.call_kwargs(batch))
     return task.eval_sums(outputs, batch)

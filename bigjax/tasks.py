@@ -3,10 +3,13 @@
 A task is registered for a dataset kind (`register`): a function (dataset, config) -> Task, and
 optionally the model input one example makes, for initialising parameters. bigjax's own kinds
 are registered here the same way: image / text_classification: class logits against 'label';
-text_lm: next-token logits against the tokens shifted by one. Evaluation batches carry 'mask'
-(False on padding rows). Metric sums hold at least 'loss_sum' (what training minimises, summed
-over examples or tokens) and 'count' (what it is divided by); bigjax/metrics.summarize turns
-'correct', 'confusion' and the rest into accuracy, F1 and so on where present.
+text_lm: next-token logits against the tokens shifted by one, where windows of packed documents
+may carry 'segments' (each token's document: attention stays inside it, and no target crosses
+into the next) and 'weights' (which tokens are learnt: a chat's answers). Evaluation batches
+carry 'mask' (False on padding rows). Metric sums hold at least 'loss_sum' (what training
+minimises, summed over examples or tokens) and 'count' (what it is divided by);
+bigjax/metrics.summarize turns 'correct', 'confusion' and the rest into accuracy, F1 and so on
+where present.
 """
 
 import dataclasses
@@ -28,6 +31,11 @@ class Task:
     sums: Callable[[jax.Array, dict], dict]  # (model output, batch) -> training metric sums
     eval_sums: Callable[[jax.Array, dict], dict]  # (model output, batch) -> evaluation sums
     model_kwargs: dict = dataclasses.field(default_factory=dict)  # for the model's call
+    batch_kwargs: Callable[[dict], dict] | None = None  # batch -> more keyword inputs (segments)
+
+    def call_kwargs(self, batch: dict) -> dict:
+        """Keyword arguments of the model's call on `batch`."""
+        return {**self.model_kwargs, **(self.batch_kwargs(batch) if self.batch_kwargs else {})}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,22 +90,36 @@ def text_classification(num_classes: int) -> Task:
                 functools.partial(_classifier_eval_sums, num_classes=num_classes))
 
 
-def lm(token_lengths=(None, None), logits_chunk: int = 0) -> Task:
+def lm(token_lengths=(None, None), logits_chunk: int = 0, document_eos: int | None = None
+       ) -> Task:
     """Next-token prediction on windows of 'tokens'. token_lengths: the (bytes, characters)
     each id stands for, for bits per byte/character. logits_chunk > 0: the model returns its
     final states and output layer (features=True) and the loss makes the logits that many
-    positions at a time (metrics.chunked)."""
+    positions at a time (metrics.chunked). document_eos: the end-of-document id that separates
+    the documents of a window, which then do not attend to each other (document_segments);
+    batches with their own 'segments' use those."""
     eval_sums = functools.partial(metrics.lm_eval_sums, token_bytes_V=token_lengths[0],
                                   token_chars_V=token_lengths[1])
+    batch_kwargs = functools.partial(_lm_segments, document_eos=document_eos)
     if not logits_chunk:
         on_logits = lambda sums_fn: lambda logits_BTV, batch: sums_fn(logits_BTV,
                                                                        *_lm_targets(batch))
         return Task('text_lm', _lm_inputs, on_logits(metrics.classification_sums),
-                    on_logits(eval_sums))
+                    on_logits(eval_sums), batch_kwargs=batch_kwargs)
     on_features = lambda sums_fn: lambda outputs, batch: metrics.chunked(
         sums_fn, *outputs, *_lm_targets(batch), logits_chunk)
     return Task('text_lm', _lm_inputs, on_features(metrics.classification_sums),
-                on_features(eval_sums), model_kwargs={'features': True})
+                on_features(eval_sums), model_kwargs={'features': True},
+                batch_kwargs=batch_kwargs)
+
+
+def document_segments(tokens_BT: jax.Array, eos_id: int) -> jax.Array:
+    """Segment ids of the documents in windows of a stream joined by `eos_id`: an end-of-document
+    id starts the next document's segment. As an input it begins that document; as a target it
+    is predicted from the end of the one before, inside that one's segment, so every target
+    stays learnt and no document sees another."""
+    is_eos_BT = (tokens_BT == eos_id).astype(jnp.int32)
+    return 1 + jnp.cumsum(is_eos_BT, axis=1) - is_eos_BT[:, :1]
 
 
 def _tokens(batch, rng, train):
@@ -119,9 +141,33 @@ def _lm_inputs(batch, rng, train):
     return batch['tokens'][:, :-1].astype(jnp.int32)
 
 
+def _lm_segments(batch, document_eos: int | None) -> dict:
+    """The model's segment ids: the batch's own, or the documents between end-of-document ids."""
+    if 'segments' in batch:
+        return {'segments_BT': batch['segments'][:, :-1].astype(jnp.int32)}
+    if document_eos is not None:
+        return {'segments_BT': document_segments(_lm_inputs(batch, None, False), document_eos)}
+    return {}
+
+
 def _lm_targets(batch):
-    mask = batch.get('mask')
-    return batch['tokens'][:, 1:].astype(jnp.int32), None if mask is None else mask[:, None]
+    """Next tokens and their weights: input t predicts token t + 1, which counts where the
+    batch's 'weights' mark token t + 1 as learnt, t and t + 1 are in one segment (no target
+    across a document boundary, none in padding) and the row is real (eval 'mask')."""
+    weights_BT = None
+    if 'mask' in batch:
+        weights_BT = jnp.broadcast_to(batch['mask'][:, None], batch['tokens'][:, 1:].shape)
+    if 'weights' in batch:
+        weights_BT = _times(weights_BT, batch['weights'][:, 1:])
+    if 'segments' in batch:
+        segments_BT = batch['segments']
+        weights_BT = _times(weights_BT, segments_BT[:, 1:] == segments_BT[:, :-1])
+    return batch['tokens'][:, 1:].astype(jnp.int32), weights_BT
+
+
+def _times(weights_BT, factor_BT):
+    factor_BT = factor_BT.astype(jnp.float32)
+    return factor_BT if weights_BT is None else weights_BT.astype(jnp.float32) * factor_BT
 
 
 def _make_images(dataset, config) -> Task:
@@ -132,7 +178,9 @@ def _make_images(dataset, config) -> Task:
 
 def _make_lm(dataset, config) -> Task:
     lengths = (None, None) if dataset.tokenizer is None else dataset.tokenizer.token_lengths()
-    return lm(lengths, config.train.logits_chunk)
+    eos = data_lib.tokenizers.EOS_ID if dataset.tokenizer is None else dataset.tokenizer.eos_id
+    return lm(lengths, config.train.logits_chunk,
+              eos if config.data.text.document_mask else None)
 
 
 register('image', _make_images)

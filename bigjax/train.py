@@ -15,7 +15,7 @@ import numpy as np
 from etils import epath
 
 from bigjax import data as data_lib
-from bigjax import finetune, metrics, optim, parallel, steps, tasks, writers
+from bigjax import chat_eval, finetune, metrics, optim, parallel, steps, tasks, writers
 from bigjax import plan as plan_lib
 from bigjax import workdir as workdir_lib
 from bigjax.checkpoint import Checkpointer
@@ -124,12 +124,10 @@ def _train(plan: plan_lib.Plan, checkpointer: Checkpointer, preemption: Preempti
                     progress.report(step, 'train', values)
                     window = jax.device_put(metrics.empty_window(), replicated)
                 if step % schedule.eval_every == 0 or last:
-                    sums = evaluate(state)
-                    final_eval = metrics.summarize(sums, plan.dataset.kind)
+                    final_eval, details = evaluate.values(state)
                     writer.write(step, 'eval', final_eval)
-                    if 'confusion' in sums:
-                        writer.write_details(step, metrics.details(sums,
-                                                                   plan.dataset.class_names))
+                    if details:
+                        writer.write_details(step, details)
                     progress.report(step, 'eval', final_eval)
                 if checkpoint:
                     writer.flush()
@@ -262,9 +260,12 @@ def _train_and_accumulate(state, window, batch, on_device, **step_kwargs):
 
 
 class Evaluator:
-    """Evaluation sums of a state over the whole eval split (every example once), on the host."""
+    """Evaluation of a state over the whole eval split (every example once): its sums, on the
+    host, and the metrics and details (classifiers: confusion matrix, ROC; chat data: held-out
+    prompts answered and scored) they give."""
 
     def __init__(self, plan: plan_lib.Plan, task: tasks.Task):
+        self.plan = plan
         self.mesh, self.arrays = plan.mesh, plan.dataset.eval.arrays
         self.batch_size = plan_lib.eval_batch_size(plan.config)
         self.accumulate, self.step = eval_program(plan, task)
@@ -284,6 +285,19 @@ class Evaluator:
             sums = self.accumulate(sums, state, batch)
             in_flight.add(sums)
         return jax.device_get(sums)
+
+    def values(self, state) -> tuple[dict, dict]:
+        """(metrics, details for eval/step_<N>.json or {})."""
+        sums = self(state)
+        values = metrics.summarize(sums, self.plan.dataset.kind)
+        details = {}
+        if 'confusion' in sums:
+            details = metrics.details(sums, self.plan.dataset.class_names)
+        chat = self.plan.dataset.chat
+        if chat is not None and chat.prompts:
+            scores, details = chat_eval.evaluate(self.plan, state)
+            values.update(scores)
+        return values, details
 
 
 def _stop_if_nonfinite(window: dict, checkpointer: Checkpointer) -> None:

@@ -13,6 +13,9 @@ from configs import transformer_tpu
 def get_config(arg: str | None = None):
     config = transformer_tpu.get_config(arg)
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
+    # jax's cuDNN attention takes no segment ids: document masks would run XLA's attention with a
+    # dense mask instead (--config.data.text.document_mask=True to keep sentences apart anyway).
+    config.data.text.document_mask = False
     config.model.transformer.remat = 'none'
     config.train.logits_chunk = 0
     if arg != 'smoke':

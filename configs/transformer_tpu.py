@@ -2,8 +2,9 @@
 
 Sizes by arg: '100m' (default; fits one v5e chip, Colab's TPU, and a v5e-8 or v4-8), '300m' and
 '1b' (a v5e-8 or a v4-8): bf16 compute with float32 parameters, FSDP over all chips, splash
-attention, the layers scanned, block recomputation ('dots' for 300m) and the logits made 128
-positions at a time. `--mode=compile --topology=v5e-8` checks a size fits before you rent it.
+attention with the sentences of a window kept apart (segment ids, as flax's lm1b example), the
+layers scanned, block recomputation ('dots' for 300m) and the logits made 128 positions at a
+time. `--mode=compile --topology=v5e-8` checks a size fits before you rent it.
 python launch.py --config=configs/transformer_tpu.py:300m --workdir=gs://BUCKET/lm1b_300m
 """
 
@@ -25,6 +26,7 @@ def get_config(arg: str | None = None):
     config.data.text.vocab_size = 32768
     config.data.text.seq_len = 512
     config.data.text.whitespace = 'collapse'
+    config.data.text.document_mask = True  # sentences packed in a window do not see each other
     config.data.prefetch = 4
     config.model.name = 'transformer_lm'
     t = config.model.transformer

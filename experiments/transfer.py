@@ -9,12 +9,17 @@ the same model trained from scratch on it, per seed.
   --task=exceptions: which exception an `except` clause catches, from the 128 tokens before it,
                  16 labelled clauses per exception, a decoder classifier starting from the same
                  LM (configs/exceptions_transfer.py; the same pretraining, then ~2 min a run).
+  --task=chat:   the same question as instruction tuning: the LM answers which exception a
+                 clause catches in a chat template, from 16 conversations per exception, scored
+                 by exact match of its greedy answers on the test clauses
+                 (configs/chat_exceptions.py; the same pretraining, then ~3 min a run).
   --task=mnist, --task=imdb: the same studies on tfds mnist and imdb_reviews, for machines with
                  internet (configs/mnist_transfer.py, configs/imdb_transfer.py).
 
 python experiments/transfer.py --task=digits --workdir=/tmp/bigjax/transfer [--seeds=0,1,2]
 Each run has its own sub-workdir, so rerunning resumes or skips finished runs; --smoke runs a few
-steps of tiny models.
+steps of tiny models. --before also scores the pretrained model before any labelled step (the
+fine-tuning config for one step at a learning rate of 1e-12).
 """
 
 import argparse
@@ -27,17 +32,22 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bigjax import train  # noqa: E402
 
-TASKS = {'digits': 'configs.digits_transfer', 'stdlib': 'configs.stdlib_transfer',
-         'exceptions': 'configs.exceptions_transfer',
-         'mnist': 'configs.mnist_transfer', 'imdb': 'configs.imdb_transfer'}
-METRICS = ('accuracy', 'f1_macro', 'auc')  # auc: macro over classes (auc_macro) when > 2
+CLASSIFIER_METRICS = ('accuracy', 'f1_macro', 'auc')  # auc: macro (auc_macro) over > 2 classes
+TASKS = {  # task: (its configs, the eval metrics compared; the first is summarised)
+    'digits': ('configs.digits_transfer', CLASSIFIER_METRICS),
+    'stdlib': ('configs.stdlib_transfer', CLASSIFIER_METRICS),
+    'exceptions': ('configs.exceptions_transfer', CLASSIFIER_METRICS),
+    'chat': ('configs.chat_exceptions', ('answer_exact_match', 'loss')),
+    'mnist': ('configs.mnist_transfer', CLASSIFIER_METRICS),
+    'imdb': ('configs.imdb_transfer', CLASSIFIER_METRICS)}
 COMPARED = ('finetune', 'scratch')
 
 
-def run(task: str, workdir: str, seeds: list[int], smoke: bool) -> dict:
+def run(task: str, workdir: str, seeds: list[int], smoke: bool, before: bool = False) -> dict:
     """{seed: {'finetune': eval metrics, 'scratch': eval metrics}}; the pretraining runs once
-    (seed 0), each seed then fine-tunes and trains from scratch."""
-    module = importlib.import_module(TASKS[task])
+    (seed 0), each seed then fine-tunes and trains from scratch. With `before`, also
+    {'before': the fine-tuning config's metrics after one step at a learning rate of 1e-12}."""
+    module = importlib.import_module(TASKS[task][0])
     suffix = ',smoke' if smoke else ''
 
     def config(stage: str, seed: int):
@@ -49,6 +59,11 @@ def run(task: str, workdir: str, seeds: list[int], smoke: bool) -> dict:
     pretrained = os.path.join(workdir, 'pretrain')
     train.run(config('pretrain', 0), pretrained)
     results = {}
+    if before:
+        c = config('finetune', 0)
+        c.init_from.path = pretrained
+        c.train.num_steps, c.optim.learning_rate, c.optim.warmup_steps = 1, 1e-12, 0
+        results['before'] = train.run(c, os.path.join(workdir, 'before'))
     for seed in seeds:
         configs = {stage: config(stage, seed) for stage in COMPARED}
         configs['finetune'].init_from.path = pretrained
@@ -57,19 +72,25 @@ def run(task: str, workdir: str, seeds: list[int], smoke: bool) -> dict:
     return results
 
 
-def table(results: dict) -> str:
-    """A Markdown table of every seed's metrics, then each stage's mean and spread."""
-    lines = ['| seed | ' + ' | '.join(f'{stage} {m}' for stage in COMPARED for m in METRICS) + ' |',
-             '|---' * (1 + len(COMPARED) * len(METRICS)) + '|']
-    for seed, result in results.items():
+def table(results: dict, metrics: tuple = CLASSIFIER_METRICS) -> str:
+    """A Markdown table of every seed's metrics, then each stage's mean and spread of the first
+    metric (and the pretrained model's before any labelled step, when measured)."""
+    value = lambda result, m: result.get(m, result.get(m + '_macro', float('nan')))
+    seeds = {seed: result for seed, result in results.items() if seed != 'before'}
+    lines = ['| seed | ' + ' | '.join(f'{stage} {m}' for stage in COMPARED for m in metrics) + ' |',
+             '|---' * (1 + len(COMPARED) * len(metrics)) + '|']
+    for seed, result in seeds.items():
         lines.append(f'| {seed} | ' + ' | '.join(
-            f'{result[stage].get(m, result[stage].get(m + "_macro", float("nan"))):.4f}'
-            for stage in COMPARED for m in METRICS) + ' |')
+            f'{value(result[stage], m):.4f}' for stage in COMPARED for m in metrics) + ' |')
+    first = metrics[0]
     for stage in COMPARED:
-        accuracies = [r[stage]['accuracy'] for r in results.values()]
-        spread = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
-        lines.append(f'{stage}: accuracy {statistics.mean(accuracies):.4f} +- {spread:.4f} '
-                     f'over seeds {list(results)}')
+        values = [value(r[stage], first) for r in seeds.values()]
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        lines.append(f'{stage}: {first} {statistics.mean(values):.4f} +- {spread:.4f} '
+                     f'over seeds {list(seeds)}')
+    if 'before' in results:
+        lines.append('before any labelled step: ' + ', '.join(
+            f'{m} {value(results["before"], m):.4f}' for m in metrics))
     return '\n'.join(lines)
 
 
@@ -79,9 +100,12 @@ def main() -> None:
     parser.add_argument('--workdir', required=True)
     parser.add_argument('--seeds', default='0,1,2')
     parser.add_argument('--smoke', action='store_true', help='a few steps of tiny models')
+    parser.add_argument('--before', action='store_true',
+                        help='also score the pretrained model before any labelled step')
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(',')]
-    print('\n' + table(run(args.task, args.workdir, seeds, args.smoke)))
+    results = run(args.task, args.workdir, seeds, args.smoke, args.before)
+    print('\n' + table(results, TASKS[args.task][1]))
 
 
 if __name__ == '__main__':

@@ -17,8 +17,14 @@ SMOKES = {  # 'script [flags]' (run with --smoke): regular expressions for lines
                            rf'{N} \(15.75\) \| {N}% \| {N} \| {N} \| {N} / {N} \|$'],
     'attention_cpu.py': [r'^B1 T128 H1 K64 causal float32',
                          *(rf'^{name}\s+{N}\s+{N}\s+{N}x$' for name in (
-                             'bigjax fused kernel', 'einops reference',
-                             r'jax\.nn\.dot_product_attention', 'pytorch SDPA'))],
+                             'bigjax fused kernel', 'fused kernel, 1 document a row',
+                             'fused kernel, 4 documents a row', 'einops reference',
+                             r'jax\.nn\.dot_product_attention', 'pytorch SDPA')),
+                         *(rf'^document masks, {n} a row: fwd\+bwd {N}x the kernel without '
+                           rf'them \([+-]{N} %\)$' for n in (1, 4))],
+    'chat_pipeline.py': [r'^\s*conversations\s+MB of JSONL\s+seconds\s+per minute',
+                         *(rf'^\s+{n}\s+{N}\s+{N}\s+{N}\s+{N}\s+{N}\s+{N}%$'
+                           for n in (200, 400))],
     'char_lm.py': [rf'^{N} bytes of text; median {N} tokens/s$',
                    rf'^step +8: validation loss {N} nats/char$',
                    rf'^final validation loss {N}; wall time {N} s$'],

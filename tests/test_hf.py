@@ -236,3 +236,60 @@ def test_a_hugging_face_model_loads_onto_an_fsdp_by_tensor_mesh_as_on_one_device
         np.testing.assert_array_equal(np.asarray(array), single[name])
         split += array.addressable_shards[0].data.size < array.size
     assert split > len(arrays) // 2  # most parameters are really split over the devices
+
+
+def test_instruction_tune_a_hugging_face_model_and_answer_as_transformers_does(tmp_path):
+    """configs/hf_finetune.py with data.name='chat': the model's own (ChatML) template renders the
+    conversations, LoRA learns the answers, and the export keeps the template, so transformers'
+    apply_chat_template + generate answers a conversation with the greedy answer bigjax's
+    --mode=sample --conversation gives."""
+    from bigjax import config as config_lib
+    from bigjax import export, sample, train
+    from bigjax.data import chat_template
+    from chat_templates import QWEN2_5
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    questions = [(f'What is {a} plus {b}?', str(a + b)) for a in range(8) for b in range(8)]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.train_from_iterator([q + ' ' + a for q, a in questions] * 5, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=['<|endoftext|>', '<|im_start|>', '<|im_end|>'],
+        show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    folder = tmp_path / 'hf'
+    transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, chat_template=QWEN2_5, eos_token='<|im_end|>',
+        pad_token='<|endoftext|>').save_pretrained(folder)
+    saved(llama(vocab_size=tokenizer.get_vocab_size(), max_position_embeddings=128), folder)
+    chat_file = tmp_path / 'chat.jsonl'
+    chat_file.write_text(''.join(json.dumps({'messages': [
+        {'role': 'user', 'content': q}, {'role': 'assistant', 'content': a}]}) + '\n'
+                                 for q, a in questions))
+    config = config_lib.from_file(f'configs/hf_finetune.py:{folder},smoke')
+    config.data.name, config.data.paths = 'chat', str(chat_file)
+    config.data.text.seq_len = 127
+    config.data.val_fraction = 0.2
+    config.data.chat.eval_generations = 4
+    config.data.chat.answer_tokens = 6
+    workdir = tmp_path / 'run'
+    final = train.run(config, workdir)
+    assert 0 <= final['answer_exact_match'] <= 1 and final['loss'] > 0
+    page = (workdir / 'report.html').read_text()
+    assert 'held-out prompts answered greedily' in page and 'What is' in page
+
+    summary = export.export(config, workdir, tmp_path / 'out', 'hf')
+    assert 'llama model, with its tokenizer' in summary
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path / 'out')
+    assert theirs.chat_template == QWEN2_5
+    conversation = [{'role': 'user', 'content': 'What is 3 plus 4?'}]
+    ours = sample.from_workdir(config, workdir, '', num_tokens=6, temperature=0.0, top_k=0,
+                               conversation=json.dumps(conversation))
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / 'out').eval()
+    inputs = theirs.apply_chat_template(conversation, add_generation_prompt=True,
+                                        return_tensors='pt')
+    stops = chat_template.stop_ids(chat_template.resolve('', tokenizers.PretrainedTokenizer(
+        str(folder))), tokenizers.PretrainedTokenizer(str(folder)))
+    with torch.no_grad():
+        generated = model.generate(**inputs, max_new_tokens=6, do_sample=False,
+                                   eos_token_id=list(stops), pad_token_id=stops[0])
+    answer = theirs.decode(generated[0, inputs['input_ids'].shape[1]:], skip_special_tokens=True)
+    assert ours == answer

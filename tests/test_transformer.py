@@ -135,6 +135,35 @@ def test_kv_cache_decoding_equals_full_recomputation(positions):
     np.testing.assert_array_equal(cached, full)
 
 
+@pytest.mark.parametrize('positions', ['learned', 'rope'])
+def test_prompts_of_different_lengths_batched_left_padded_answer_as_each_alone(positions):
+    """Batched answers (chat_eval): left padding is a segment no prompt token sees and positions
+    start at each prompt's first token, so each row generates what its prompt alone does; a row
+    stops at its first stop id and repeats it, while the others go on."""
+    model, params = lm(config(positions=positions, num_kv_heads=2))
+    prompts = [tokens((1, n), seed=n)[0] for n in (3, 7, 5)]
+    alone = [np.asarray(sample.generate(model, params, p[None], jax.random.PRNGKey(0),
+                                        num_tokens=6, temperature=0.0))[0, len(p):]
+             for p in prompts]
+    rows = np.zeros((3, 7), np.int32)
+    for i, p in enumerate(prompts):
+        rows[i, 7 - len(p):] = p
+    lengths = jnp.asarray([len(p) for p in prompts])
+    batched = np.asarray(sample.generate(model, params, jnp.asarray(rows), jax.random.PRNGKey(0),
+                                         num_tokens=6, temperature=0.0, lengths_B=lengths))
+    np.testing.assert_array_equal(batched[:, 7:], np.stack(alone))
+    stop = int(alone[1][2])  # the third token row 1 draws
+    stopped = np.asarray(sample.generate(
+        model, params, jnp.asarray(rows), jax.random.PRNGKey(0), num_tokens=6, temperature=0.0,
+        lengths_B=lengths, stop_ids=(stop,)))[:, 7:]
+    for row, expected in zip(stopped, alone):
+        hits = np.flatnonzero(expected == stop)
+        cut = hits[0] + 1 if len(hits) else 6
+        np.testing.assert_array_equal(row[:cut], expected[:cut])
+        assert (row[cut:] == stop).all()
+    assert (stopped[1, 2:] == stop).all()
+
+
 def test_sampling_past_max_len_slides_a_window():
     """Within max_len, generate_any_length is generate; past it, each new token follows the
     last max_len // 2 tokens (checked greedily against recomputation on those windows)."""

@@ -6,7 +6,7 @@ TensorFlow and tfds are imported lazily, only when a tfds dataset is opened.
 """
 
 from bigjax.data import describe as _describe
-from bigjax.data import image_folder, text_files
+from bigjax.data import chat, exceptions_chat, image_folder, text_files
 from bigjax.data.core import DATASETS, Dataset, Split, register
 from bigjax.data.datasets import open_dataset, synthetic
 from bigjax.data.describe import batch_shapes, describe
@@ -18,3 +18,6 @@ from bigjax.data.transforms import (check_normalization, image_inputs, normaliza
 register('synthetic', synthetic)
 register('text_files', text_files.open_text_files, describe=_describe.text_files)
 register('image_folder', image_folder.open_image_folder)  # lists the files, decodes on use
+register('chat', chat.open_chat, describe=_describe.chat)
+register('python_exceptions_chat', exceptions_chat.open_exceptions_chat,
+         describe=_describe.chat)

@@ -46,6 +46,9 @@ class Dataset:
     seq_len: int = 0  # text kinds
     vocab_size: int = 0  # text kinds
     tokenizer: tokenizers.Tokenizer | None = None  # text kinds (None for synthetic tokens)
+    token_arrays: tuple = ('tokens',)  # text_lm: the arrays an example has per token (packed
+    # conversations add 'segments' and 'weights', bigjax.data.packing)
+    chat: object = None  # chat data: bigjax.data.chat.Chat (template, held-out prompts)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,9 +32,9 @@ def open_dataset(data_config) -> Dataset:
     """The configured dataset (restricted to data.classes / data.train_per_class if set);
     image splits are decoded lazily unless restricted, text splits are ready."""
     dataset = _open(data_config)
-    if data_config.classes or data_config.train_per_class:
+    if (data_config.classes or data_config.train_per_class) and dataset.chat is None:
         return select(dataset, tuple(data_config.classes), data_config.train_per_class)
-    return dataset
+    return dataset  # chat data selects its own (python_exceptions_chat: train_per_class)
 
 
 def select(dataset: Dataset, classes: tuple, train_per_class: int) -> Dataset:
@@ -195,7 +195,7 @@ def _text(builder, data_config) -> Dataset:
 
         def build(folder):
             cleaner = text.Cleaner(**cleaning)
-            blocks = (cleaner(docs, labels) for docs, labels in _documents(
+            blocks = (cleaner(docs, labels) for docs, labels in documents(
                 builder, tfds_split, t.feature, label_feature, 0, len(tfds_split.source)))
             if task == 'lm':
                 num_windows, num_tokens = encode.write_lm(blocks, tokenizer, folder, t.seq_len,
@@ -239,7 +239,7 @@ def class_names(features, label_feature: str) -> tuple[str, ...]:
                     'be a classification label')
 
 
-def _documents(builder, tfds_split, feature: str, label_feature: str | None, start: int,
+def documents(builder, tfds_split, feature: str, label_feature: str | None, start: int,
                stop: int) -> Iterator[tuple[list[str], np.ndarray | None]]:
     """(documents, labels or None) of records [start, stop), READ_RECORDS at a time."""
     names = (feature,) if label_feature is None else (feature, label_feature)
@@ -264,6 +264,20 @@ def _tokenizer_source(builder, train_split, data_config):
     return other_builder, sources.open_split(other_builder, data_config.train_split, other)
 
 
+def learnt_tokenizer(data_config) -> tokenizers.Tokenizer:
+    """The char or BPE tokenizer data.text.tokenizer_data's training split teaches (cached), the
+    same a text dataset with that tokenizer_data learns: for data that brings no corpus of its
+    own to learn from (chat)."""
+    t = data_config.text
+    other = data_config.copy_and_resolve_references()
+    other.name = t.tokenizer_data
+    builder = sources.open_builder(other)
+    cleaning = {'unicode_form': t.unicode_form, 'whitespace': t.whitespace,
+                'drop_duplicates': t.drop_duplicates}
+    return _tokenizer(builder, sources.open_split(builder, data_config.train_split, other), t,
+                      cleaning)
+
+
 def _tokenizer(builder, train_split, text_config, cleaning: dict) -> tokenizers.Tokenizer:
     """The byte tokenizer or a model's own, or characters / BPE learnt from the cleaned training
     split, or from a sample of it of about data.text.tokenizer_sample characters: evenly spread
@@ -275,7 +289,7 @@ def _tokenizer(builder, train_split, text_config, cleaning: dict) -> tokenizers.
 
     def read_block(block: int) -> list[str]:
         start = block * SAMPLE_RECORDS
-        return [doc for docs, _ in _documents(builder, train_split, text_config.feature, None,
+        return [doc for docs, _ in documents(builder, train_split, text_config.feature, None,
                                               start, min(start + SAMPLE_RECORDS, num_records))
                 for doc in docs]
 

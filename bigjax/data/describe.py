@@ -43,6 +43,12 @@ def text_files(data_config) -> Dataset:
     return _text(data_config, 'lm', ())
 
 
+def chat(data_config) -> Dataset:
+    """Chat data described: packed windows of conversations (tokens, segments, weights)."""
+    from bigjax.data import packing
+    return dataclasses.replace(_text(data_config, 'lm', ()), token_arrays=packing.ARRAYS)
+
+
 def _selected(dataset: Dataset, data_config) -> Dataset:
     """The classes data.classes keeps (datasets.select, without reading the examples)."""
     classes = tuple(data_config.classes)
@@ -82,7 +88,10 @@ def batch_shapes(dataset: Dataset, batch_size: int, *, eval_batch: bool = False
                   'label': ((batch_size,), np.dtype(np.int32))}
     elif dataset.kind in ('text_lm', 'text_classification'):
         length = dataset.seq_len + (1 if dataset.kind == 'text_lm' else 0)
-        shapes = {'tokens': ((batch_size, length), np.dtype(text.token_dtype(dataset.vocab_size)))}
+        dtypes = {'tokens': text.token_dtype(dataset.vocab_size),
+                  'segments': text.token_dtype(length + 1), 'weights': np.uint8}
+        shapes = {name: ((batch_size, length), np.dtype(dtypes[name]))
+                  for name in dataset.token_arrays}
         if dataset.kind == 'text_classification':
             shapes['label'] = ((batch_size,), np.dtype(np.int32))
     else:

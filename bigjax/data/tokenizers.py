@@ -5,8 +5,13 @@ bigjax's own reserve id 0 for padding and id 1 for end-of-document; a model's ow
 (eos_id, pad_id). Byte and BPE round-trip any UTF-8 text
 exactly (whitespace and newlines included, which code needs); characters round-trip any text made
 of the training text's characters (others become one unknown id).
+
+Documents are encoded with special tokens as text ('<eos>' written in a document is text); a
+rendered chat (encode_chat) is encoded as transformers encodes apply_chat_template's output:
+special tokens written by the template are those tokens ('<pad>' and '<eos>' for bigjax's own).
 """
 
+import functools
 import hashlib
 import itertools
 import json
@@ -45,14 +50,24 @@ class Tokenizer(Protocol):
     json: str | None  # its Hugging Face tokenizer.json, where it has one (bpe, hf:)
     eos_id: int  # separates documents (and starts a prompt)
     pad_id: int  # fills classification examples
+    special_tokens: dict  # {'bos_token': text, 'eos_token': text, ...} for chat templates
+    chat_template: str | None  # its own chat template (a model's), if any
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]: ...
+
+    def encode_chat(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, (start, end) characters of each id) of a rendered chat, its special tokens'
+        texts encoded as those tokens."""
 
     def decode(self, ids) -> str: ...
 
     def token_lengths(self) -> tuple[np.ndarray, np.ndarray]:
         """(UTF-8 bytes, characters) each id stands for, int32 (vocab_size,): summed over a
         text's ids they give its length, for bits per byte/character."""
+
+
+OWN_SPECIAL_TOKENS = {'<pad>': PAD_ID, '<eos>': EOS_ID}  # bigjax's own tokenizers' specials
+OWN_TEMPLATE_TOKENS = {'bos_token': '<eos>', 'eos_token': '<eos>', 'pad_token': '<pad>'}
 
 
 class ByteTokenizer:
@@ -63,11 +78,19 @@ class ByteTokenizer:
     encodes_in_parallel = False
     json = None
     eos_id, pad_id = EOS_ID, PAD_ID
+    special_tokens, chat_template = OWN_TEMPLATE_TOKENS, None
     _offset = 2
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
         return [np.frombuffer(t.encode('utf-8'), np.uint8).astype(np.int32) + self._offset
                 for t in texts]
+
+    def encode_chat(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        def piece(part: str):
+            data = np.frombuffer(part.encode('utf-8'), np.uint8)
+            chars = np.cumsum((data & 0xC0) != 0x80) - 1  # the character each byte belongs to
+            return data.astype(np.int32) + self._offset, chars
+        return _encode_pieces(text, piece)
 
     def decode(self, ids) -> str:
         ids = np.asarray(ids)
@@ -82,6 +105,7 @@ class BpeTokenizer:
     """A byte-level BPE model (Hugging Face `tokenizers`) from its JSON serialisation."""
 
     eos_id, pad_id = EOS_ID, PAD_ID
+    special_tokens, chat_template = OWN_TEMPLATE_TOKENS, None
 
     def __init__(self, json_text: str, memoise: bool | None = None):
         """memoise: encode ASCII documents through PieceMemo (None: on hosts of at most
@@ -107,6 +131,9 @@ class BpeTokenizer:
 
     def _encode(self, texts: list[str]) -> list[np.ndarray]:
         return [np.asarray(e.ids, np.int32) for e in self._tokenizer.encode_batch(texts)]
+
+    def encode_chat(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        return _chat_encoding(self.json, text)
 
     def decode(self, ids) -> str:
         return self._tokenizer.decode([int(i) for i in ids if i != PAD_ID and i != EOS_ID])
@@ -186,6 +213,7 @@ class CharTokenizer:
     encodes_in_parallel = False
     json = None
     eos_id, pad_id = EOS_ID, PAD_ID
+    special_tokens, chat_template = OWN_TEMPLATE_TOKENS, None
 
     def __init__(self, chars: str):
         self.chars = chars
@@ -201,12 +229,52 @@ class CharTokenizer:
         return [np.fromiter((self._ids.get(c, UNKNOWN_ID) for c in t), np.int32, len(t))
                 for t in texts]
 
+    def encode_chat(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        return _encode_pieces(text, lambda part: (self.encode_batch([part])[0],
+                                                  np.arange(len(part))))
+
     def decode(self, ids) -> str:
         return ''.join(self.chars[i - self._offset] if i >= self._offset else '\ufffd'
                        for i in map(int, ids) if i not in (PAD_ID, EOS_ID))
 
     def token_lengths(self) -> tuple[np.ndarray, np.ndarray]:
         return _lengths([b''] * 2 + ['\ufffd'.encode()] + [c.encode() for c in self.chars])
+
+
+def _encode_pieces(text: str, encode_piece) -> tuple[np.ndarray, np.ndarray]:
+    """encode_chat for tokenizers that encode text piece by piece: the special tokens' texts
+    (OWN_SPECIAL_TOKENS) become their ids, the text between them encode_piece(part) ->
+    (ids, the character of each id within part)."""
+    pattern = '|'.join(re.escape(token) for token in OWN_SPECIAL_TOKENS)
+    ids, starts, position = [], [], 0
+    for match in [*re.finditer(pattern, text), None]:
+        end = match.start() if match else len(text)
+        if end > position:
+            part_ids, part_chars = encode_piece(text[position:end])
+            ids.append(np.asarray(part_ids, np.int32))
+            starts.append(position + np.asarray(part_chars, np.int64))
+        if match:
+            ids.append(np.asarray([OWN_SPECIAL_TOKENS[match.group()]], np.int32))
+            starts.append(np.asarray([match.start()], np.int64))
+            position = match.end()
+    ids = np.concatenate(ids) if ids else np.zeros(0, np.int32)
+    starts = np.concatenate(starts) if starts else np.zeros(0, np.int64)
+    ends = np.maximum(np.append(starts[1:], len(text)), starts + 1)
+    return ids, np.stack([starts, ends], axis=1)
+
+
+@functools.lru_cache(maxsize=8)
+def hf_tokenizer(json_text: str):
+    """A tokenizer.json loaded with its special tokens recognised in text (as transformers
+    encodes a rendered chat), once per process."""
+    from tokenizers import Tokenizer as HfTokenizer
+    return HfTokenizer.from_str(json_text)
+
+
+def _chat_encoding(json_text: str, text: str) -> tuple[np.ndarray, np.ndarray]:
+    encoding = hf_tokenizer(json_text).encode(text, add_special_tokens=False)
+    return (np.asarray(encoding.ids, np.int32),
+            np.asarray(encoding.offsets, np.int64).reshape(-1, 2))
 
 
 def _byte_level_chars() -> dict[int, str]:
@@ -339,6 +407,9 @@ class PretrainedTokenizer:
             return found if found is not None else (given[0] if isinstance(given, list)
                                                     else given)
 
+        self.special_tokens = {f'{key}_token': text for key in SPECIAL_TOKEN_NAMES
+                               if (text := _token_text(settings.get(f'{key}_token')))}
+        self.chat_template = _chat_template(folder, settings)
         self.eos_id = token_id('eos')
         if self.eos_id is None:
             raise UserError(f'{folder} names no end-of-text token (tokenizer_config.json '
@@ -352,6 +423,9 @@ class PretrainedTokenizer:
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
         return [np.asarray(e.ids, np.int32)
                 for e in self._tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    def encode_chat(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        return _chat_encoding(self.json, text)
 
     def decode(self, ids) -> str:
         return self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
@@ -373,6 +447,27 @@ class PretrainedTokenizer:
             else:
                 tokens[index] = token.replace('\u2581', ' ').encode()
         return _lengths(tokens)
+
+
+SPECIAL_TOKEN_NAMES = ('bos', 'eos', 'unk', 'sep', 'pad', 'cls', 'mask')  # transformers' named
+
+
+def _token_text(token) -> str | None:
+    return token.get('content') if isinstance(token, dict) else token
+
+
+def _chat_template(folder: str, settings: dict) -> str | None:
+    """A Hugging Face folder's chat template as transformers loads it: chat_template.jinja
+    first, else tokenizer_config.json's chat_template (of several, the one named 'default')."""
+    path = os.path.join(folder, 'chat_template.jinja')
+    if os.path.isfile(path):
+        with open(path, encoding='utf-8') as f:
+            return f.read()
+    template = settings.get('chat_template')
+    if isinstance(template, list):
+        named = {t.get('name'): t.get('template') for t in template}
+        template = named.get('default')
+    return template or None
 
 
 def _json_file(path: str) -> dict:

@@ -11,6 +11,11 @@
 // Shapes: qkv (B, T, G, R + 2, K) as the fused projection writes it: per key/value head g its
 // R query heads, its key and its value (H = G * R query heads); out (B, T, H, K); lse (B, H, T).
 // T is a multiple of 64 and K one of 16, 32, 64, 128.
+//
+// With segment ids (B, T) int32 (the *Segments* handlers), a query sees only the keys of its own
+// segment, so documents packed into one row stay apart: a pair of blocks whose segments cannot
+// meet is skipped, a pair within one segment runs as without ids, and only a pair across a
+// boundary is masked element by element.
 
 #include <algorithm>
 #include <atomic>
@@ -232,8 +237,50 @@ void exponentiate(float* s, const float* shift, bool diagonal, float* sums) {
   }
 }
 
+// The smallest and largest segment id of each block of 64 tokens of one row.
+struct BlockRange {
+  int32_t low, high;
+};
+
+void block_ranges(const int32_t* segments, int64_t blocks, BlockRange* ranges) {
+  for (int64_t j = 0; j < blocks; ++j) {
+    const int32_t* block = segments + j * kBlock;
+    const auto [low, high] = std::minmax_element(block, block + kBlock);
+    ranges[j] = {*low, *high};
+  }
+}
+
+enum class Overlap { kNone, kWhole, kPartial };
+
+// Whether queries of one block may see keys of another: not at all (no segment in common),
+// wholly (one segment on both sides), or partially (masked element by element).
+inline Overlap overlap(BlockRange q, BlockRange k) {
+  if (q.high < k.low || k.high < q.low) return Overlap::kNone;
+  if (q.low == q.high && k.low == k.high) return Overlap::kWhole;
+  return Overlap::kPartial;
+}
+
+// Sets the entries of a 64 x 64 block whose query and key segments differ to `value`.
+void mask_segments(float* s, const int32_t* query_segments, const int32_t* key_segments,
+                   float value) {
+  for (int r = 0; r < kBlock; ++r) {
+    float* row = s + r * kBlock;
+    for (int j = 0; j < kBlock; ++j)
+      if (query_segments[r] != key_segments[j]) row[j] = value;
+  }
+}
+
+void row_sums(const float* s, float* sums) {
+  for (int r = 0; r < kBlock; ++r) {
+    v16 sum{};
+    for (int j = 0; j < kBlock; j += 16) sum += load(s + r * kBlock + j);
+    sums[r] = hsum(sum);
+  }
+}
+
 template <int NV>
-void forward(ffi::ThreadPool& pool, const Dims& dims, const float* qkv, float* out, float* lse) {
+void forward(ffi::ThreadPool& pool, const Dims& dims, const float* qkv, const int32_t* segments,
+             float* out, float* lse) {
   constexpr int K = 16 * NV;
   const int64_t T = dims.length, blocks = T / kBlock, heads = dims.heads();
   const float scale = 1.0f / std::sqrt(static_cast<float>(K));
@@ -243,6 +290,9 @@ void forward(ffi::ThreadPool& pool, const Dims& dims, const float* qkv, float* o
     copy_rows(qs.data, query(qkv, dims, h), b, K, scale);
     copy_cols(kt.data, packed(qkv, dims, g, dims.repeats), b, K);
     copy_rows(vs.data, packed(qkv, dims, g, dims.repeats + 1), b, K, 1.0f);
+    const int32_t* row_segments = segments ? segments + b * T : nullptr;
+    std::unique_ptr<BlockRange[]> ranges(new BlockRange[blocks]);
+    if (row_segments) block_ranges(row_segments, blocks, ranges.get());
     const auto out_rows = head(out, dims, h);
     alignas(64) float s[kBlock * kBlock], o[kBlock * K];
     float m[kBlock], l[kBlock], block_max[kBlock], sums[kBlock];
@@ -251,9 +301,13 @@ void forward(ffi::ThreadPool& pool, const Dims& dims, const float* qkv, float* o
       std::fill(l, l + kBlock, 0.0f);
       std::fill(o, o + kBlock * K, 0.0f);
       for (int64_t kb = 0; kb <= qb; ++kb) {
-        const bool diagonal = kb == qb;
+        const Overlap seen = row_segments ? overlap(ranges[qb], ranges[kb]) : Overlap::kWhole;
+        if (seen == Overlap::kNone) continue;
+        const bool diagonal = kb == qb, partial = seen == Overlap::kPartial;
         gemm<4>(s, qs.data + qb * kBlock * K, K, 1, kt.data + kb * K * kBlock, kBlock, K,
                 kBlock, false);
+        if (partial)
+          mask_segments(s, row_segments + qb * kBlock, row_segments + kb * kBlock, -INFINITY);
         row_max(s, block_max, diagonal);
         for (int r = 0; r < kBlock; ++r) {
           const float new_max = std::max(m[r], block_max[r]);
@@ -264,7 +318,11 @@ void forward(ffi::ThreadPool& pool, const Dims& dims, const float* qkv, float* o
             m[r] = new_max;
           }
         }
-        exponentiate(s, m, diagonal, sums);
+        exponentiate(s, m, diagonal, partial ? nullptr : sums);
+        if (partial) {  // masked entries (and rows no key of this block is seen by) count 0
+          mask_segments(s, row_segments + qb * kBlock, row_segments + kb * kBlock, 0.0f);
+          row_sums(s, sums);
+        }
         for (int r = 0; r < kBlock; ++r) l[r] += sums[r];
         gemm<NV>(o, s, kBlock, 1, vs.data + kb * kBlock * K, K, kBlock, kBlock, true);
       }
@@ -279,8 +337,8 @@ void forward(ffi::ThreadPool& pool, const Dims& dims, const float* qkv, float* o
 }
 
 template <int NV>
-void backward(ffi::ThreadPool& pool, const Dims& dims, const float* qkv, const float* out,
-              const float* lse, const float* dout, float* dqkv) {
+void backward(ffi::ThreadPool& pool, const Dims& dims, const float* qkv, const int32_t* segments,
+              const float* out, const float* lse, const float* dout, float* dqkv) {
   constexpr int K = 16 * NV;
   const int64_t T = dims.length, blocks = T / kBlock, heads = dims.heads();
   const float scale = 1.0f / std::sqrt(static_cast<float>(K));
@@ -292,6 +350,9 @@ void backward(ffi::ThreadPool& pool, const Dims& dims, const float* qkv, const f
     copy_rows(ks.data, keys, b, K, 1.0f);
     copy_cols(kt.data, keys, b, K);
     copy_cols(vt.data, packed(qkv, dims, g, dims.repeats + 1), b, K);
+    const int32_t* row_segments = segments ? segments + b * T : nullptr;
+    std::unique_ptr<BlockRange[]> ranges(new BlockRange[blocks]);
+    if (row_segments) block_ranges(row_segments, blocks, ranges.get());
     alignas(64) float p[kBlock * kBlock], dp[kBlock * kBlock];
     for (int64_t h = g * dims.repeats; h < (g + 1) * dims.repeats; ++h) {
       const float* lse_h = lse + (b * heads + h) * T;
@@ -308,10 +369,14 @@ void backward(ffi::ThreadPool& pool, const Dims& dims, const float* qkv, const f
         float* dk_block = dk_acc.data + kb * kBlock * K;
         float* dv_block = dv_acc.data + kb * kBlock * K;
         for (int64_t qb = kb; qb < blocks; ++qb) {
+          const Overlap seen = row_segments ? overlap(ranges[qb], ranges[kb]) : Overlap::kWhole;
+          if (seen == Overlap::kNone) continue;
           const float* q_block = qs.data + qb * kBlock * K;
           const float* do_block = dos.data + qb * kBlock * K;
           gemm<4>(p, q_block, K, 1, kt.data + kb * K * kBlock, kBlock, K, kBlock, false);
           exponentiate(p, lse_h + qb * kBlock, qb == kb, nullptr);
+          if (seen == Overlap::kPartial)
+            mask_segments(p, row_segments + qb * kBlock, row_segments + kb * kBlock, 0.0f);
           // dV += P^T dO;  dP = dO V^T;  dS = P * (dP - delta);  dQ += dS K;  dK += dS^T Qs.
           gemm<NV>(dv_block, p, 1, kBlock, do_block, K, kBlock, kBlock, true);
           gemm<4>(dp, do_block, K, 1, vt.data + kb * K * kBlock, kBlock, K, kBlock, false);
@@ -353,6 +418,14 @@ ffi::Error dims_of(ffi::Buffer<ffi::F32>& qkv, Dims& dims) {
   return ffi::Error::Success();
 }
 
+// Segment ids must be (B, T) for qkv's B and T.
+ffi::Error check_segments(ffi::Buffer<ffi::S32>& segments, const Dims& dims) {
+  auto d = segments.dimensions();
+  if (d.size() != 2 || d[0] != dims.batch || d[1] != dims.length)
+    return ffi::Error::InvalidArgument("causal_attention: segment ids must be (B, T)");
+  return ffi::Error::Success();
+}
+
 // Calls f with the kernel's vector count NV (16 * NV = K) as a compile-time constant.
 template <typename F>
 void by_width(int64_t width, F&& f) {
@@ -364,27 +437,59 @@ void by_width(int64_t width, F&& f) {
   }
 }
 
-ffi::Error forward_impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv,
-                        ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> lse) {
+ffi::Error forward_call(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32>& qkv,
+                        ffi::Buffer<ffi::S32>* segments, ffi::ResultBuffer<ffi::F32>& out,
+                        ffi::ResultBuffer<ffi::F32>& lse) {
   Dims dims;
   if (ffi::Error error = dims_of(qkv, dims); error.failure()) return error;
+  if (segments)
+    if (ffi::Error error = check_segments(*segments, dims); error.failure()) return error;
   by_width(dims.width, [&](auto nv) {
-    forward<decltype(nv)::value>(pool, dims, qkv.typed_data(), out->typed_data(),
-                                 lse->typed_data());
+    forward<decltype(nv)::value>(pool, dims, qkv.typed_data(),
+                                 segments ? segments->typed_data() : nullptr,
+                                 out->typed_data(), lse->typed_data());
   });
   return ffi::Error::Success();
+}
+
+ffi::Error backward_call(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32>& qkv,
+                         ffi::Buffer<ffi::S32>* segments, ffi::Buffer<ffi::F32>& out,
+                         ffi::Buffer<ffi::F32>& lse, ffi::Buffer<ffi::F32>& dout,
+                         ffi::ResultBuffer<ffi::F32>& dqkv) {
+  Dims dims;
+  if (ffi::Error error = dims_of(qkv, dims); error.failure()) return error;
+  if (segments)
+    if (ffi::Error error = check_segments(*segments, dims); error.failure()) return error;
+  by_width(dims.width, [&](auto nv) {
+    backward<decltype(nv)::value>(pool, dims, qkv.typed_data(),
+                                  segments ? segments->typed_data() : nullptr, out.typed_data(),
+                                  lse.typed_data(), dout.typed_data(), dqkv->typed_data());
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error forward_impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv,
+                        ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> lse) {
+  return forward_call(pool, qkv, nullptr, out, lse);
+}
+
+ffi::Error forward_segments_impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv,
+                                 ffi::Buffer<ffi::S32> segments, ffi::ResultBuffer<ffi::F32> out,
+                                 ffi::ResultBuffer<ffi::F32> lse) {
+  return forward_call(pool, qkv, &segments, out, lse);
 }
 
 ffi::Error backward_impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv,
                          ffi::Buffer<ffi::F32> out, ffi::Buffer<ffi::F32> lse,
                          ffi::Buffer<ffi::F32> dout, ffi::ResultBuffer<ffi::F32> dqkv) {
-  Dims dims;
-  if (ffi::Error error = dims_of(qkv, dims); error.failure()) return error;
-  by_width(dims.width, [&](auto nv) {
-    backward<decltype(nv)::value>(pool, dims, qkv.typed_data(), out.typed_data(),
-                                  lse.typed_data(), dout.typed_data(), dqkv->typed_data());
-  });
-  return ffi::Error::Success();
+  return backward_call(pool, qkv, nullptr, out, lse, dout, dqkv);
+}
+
+ffi::Error backward_segments_impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv,
+                                  ffi::Buffer<ffi::S32> segments, ffi::Buffer<ffi::F32> out,
+                                  ffi::Buffer<ffi::F32> lse, ffi::Buffer<ffi::F32> dout,
+                                  ffi::ResultBuffer<ffi::F32> dqkv) {
+  return backward_call(pool, qkv, &segments, out, lse, dout, dqkv);
 }
 
 }  // namespace
@@ -396,10 +501,28 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(BigjaxCausalAttentionForward, forward_impl,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BigjaxCausalAttentionSegmentsForward, forward_segments_impl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BigjaxCausalAttentionBackward, backward_impl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BigjaxCausalAttentionSegmentsBackward, backward_segments_impl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()

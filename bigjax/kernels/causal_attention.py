@@ -3,8 +3,9 @@
 The forward kernel returns the output and each query's log-sum-exp; the backward kernel
 recomputes the weights from them, so no T x T array is ever stored. Inputs are float32 in the
 fused projection's layout; the length is padded to the kernel's block of 64 (padded keys come
-after every real query, so causality hides them). Under a multi-device mesh XLA gathers the inputs
-for the call: the kernel is for CPU training on one device (or process).
+after every real query, so causality hides them). Segment ids (documents packed into a row) keep
+each query to the keys of its own segment. Under a multi-device mesh XLA gathers the inputs for
+the call: the kernel is for CPU training on one device (or process).
 """
 
 import jax
@@ -26,8 +27,12 @@ def register(purpose: str) -> None:
     if _REGISTERED:
         return
     library = kernels.library('causal_attention', purpose)
-    for target, symbol in (('bigjax_causal_attention_fwd', library.BigjaxCausalAttentionForward),
-                           ('bigjax_causal_attention_bwd', library.BigjaxCausalAttentionBackward)):
+    for target, symbol in (
+            ('bigjax_causal_attention_fwd', library.BigjaxCausalAttentionForward),
+            ('bigjax_causal_attention_bwd', library.BigjaxCausalAttentionBackward),
+            ('bigjax_causal_attention_segments_fwd', library.BigjaxCausalAttentionSegmentsForward),
+            ('bigjax_causal_attention_segments_bwd',
+             library.BigjaxCausalAttentionSegmentsBackward)):
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(symbol), platform='cpu')
     _REGISTERED.append(library)
 
@@ -39,8 +44,10 @@ def supports(q_BTHK, k_BSGK) -> bool:
             and q_BTHK.shape[-1] in HEAD_WIDTHS and q_BTHK.shape[2] % k_BSGK.shape[2] == 0)
 
 
-def causal_attention(q_BTHK, k_BTGK, v_BTGK, *, purpose: str, qkv_BTGCK=None) -> jax.Array:
-    """softmax(q k^T / sqrt(K), causal) v for queries and keys at positions 0..T-1.
+def causal_attention(q_BTHK, k_BTGK, v_BTGK, *, purpose: str, qkv_BTGCK=None,
+                     segments_BT=None) -> jax.Array:
+    """softmax(q k^T / sqrt(K), causal) v for queries and keys at positions 0..T-1; with
+    segments_BT (int, (B, T)), query t sees key s only where their segment ids are equal.
 
     The kernel reads and writes the fused projection's layout (B, T, G, R + 2, K): per
     key/value head its R query heads, its key and its value. Pass that array as qkv_BTGCK when
@@ -56,15 +63,27 @@ def causal_attention(q_BTHK, k_BTGK, v_BTGK, *, purpose: str, qkv_BTGCK=None) ->
     padded = -length % BLOCK
     if padded:
         qkv_BTGCK = jnp.pad(qkv_BTGCK, ((0, 0), (0, padded), (0, 0), (0, 0), (0, 0)))
-    return _attend(qkv_BTGCK)[:, :length]
+    if segments_BT is None:
+        return _attend(qkv_BTGCK)[:, :length]
+    # Padded positions get a segment of their own (-1): only they see each other.
+    segments_BT = jnp.pad(segments_BT.astype(jnp.int32), ((0, 0), (0, padded)),
+                          constant_values=-1)
+    return _attend_segments(qkv_BTGCK, segments_BT)[:, :length]
 
 
-def _forward_call(qkv_BTGCK):
+def _forward_call(qkv_BTGCK, *segments):
     batch, length, groups, slots, width = qkv_BTGCK.shape
     heads = groups * (slots - 2)
     shapes = (jax.ShapeDtypeStruct((batch, length, heads, width), jnp.float32),
               jax.ShapeDtypeStruct((batch, heads, length), jnp.float32))
-    return jax.ffi.ffi_call('bigjax_causal_attention_fwd', shapes)(qkv_BTGCK)
+    target = 'bigjax_causal_attention_segments_fwd' if segments else 'bigjax_causal_attention_fwd'
+    return jax.ffi.ffi_call(target, shapes)(qkv_BTGCK, *segments)
+
+
+def _backward_call(qkv_BTGCK, segments, out_BTHK, lse_BHT, dout_BTHK):
+    shape = jax.ShapeDtypeStruct(qkv_BTGCK.shape, jnp.float32)
+    target = 'bigjax_causal_attention_segments_bwd' if segments else 'bigjax_causal_attention_bwd'
+    return jax.ffi.ffi_call(target, shape)(qkv_BTGCK, *segments, out_BTHK, lse_BHT, dout_BTHK)
 
 
 @jax.custom_vjp
@@ -78,8 +97,26 @@ def _attend_forward(qkv_BTGCK):
 
 
 def _attend_backward(residuals, dout_BTHK):
-    shape = jax.ShapeDtypeStruct(residuals[0].shape, jnp.float32)
-    return (jax.ffi.ffi_call('bigjax_causal_attention_bwd', shape)(*residuals, dout_BTHK),)
+    qkv_BTGCK, out_BTHK, lse_BHT = residuals
+    return (_backward_call(qkv_BTGCK, (), out_BTHK, lse_BHT, dout_BTHK),)
 
 
 _attend.defvjp(_attend_forward, _attend_backward)
+
+
+@jax.custom_vjp
+def _attend_segments(qkv_BTGCK, segments_BT):
+    return _forward_call(qkv_BTGCK, segments_BT)[0]
+
+
+def _attend_segments_forward(qkv_BTGCK, segments_BT):
+    out_BTHK, lse_BHT = _forward_call(qkv_BTGCK, segments_BT)
+    return out_BTHK, (qkv_BTGCK, segments_BT, out_BTHK, lse_BHT)
+
+
+def _attend_segments_backward(residuals, dout_BTHK):
+    qkv_BTGCK, segments_BT, out_BTHK, lse_BHT = residuals
+    return _backward_call(qkv_BTGCK, (segments_BT,), out_BTHK, lse_BHT, dout_BTHK), None
+
+
+_attend_segments.defvjp(_attend_segments_forward, _attend_segments_backward)

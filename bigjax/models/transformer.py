@@ -71,7 +71,9 @@ class Attention(nn.Module):
     causal: bool
 
     @nn.compact
-    def __call__(self, x_BTD, key_valid_BS, positions_BT, *, decode: bool = False):
+    def __call__(self, x_BTD, key_valid_BS, positions_BT, segments_BT, *, decode: bool = False):
+        """segments_BT: each token's document (None: one); a query sees only its own
+        document's keys, in decoding too (the cache keeps the keys' ids)."""
         cfg = self.cfg
         batch, length, width = x_BTD.shape
         x_ND = x_BTD.reshape(batch * length, width)
@@ -93,19 +95,21 @@ class Attention(nn.Module):
         if cfg.positions == 'rope':
             q_BTHK = rotate(q_BTHK, positions_BT, cfg.rope_theta)
             k_BTGK = rotate(k_BTGK, positions_BT, cfg.rope_theta)
-        query_offset = 0
+        query_offset, key_segments_BS = 0, segments_BT
         if decode:
-            k_BTGK, v_BTGK, query_offset = self._extend_cache(k_BTGK, v_BTGK)
+            k_BTGK, v_BTGK, key_segments_BS, query_offset = self._extend_cache(
+                k_BTGK, v_BTGK, segments_BT)
+        masks = dict(key_valid_BS=key_valid_BS, query_segments_BT=segments_BT,
+                     key_segments_BS=None if segments_BT is None else key_segments_BS)
         if self.is_mutable_collection('intermediates') and not decode:  # for pictures
             self.sow('intermediates', 'attention_weights',
-                     attention_weights(q_BTHK, k_BTGK, causal=self.causal,
-                                       key_valid_BS=key_valid_BS))
+                     attention_weights(q_BTHK, k_BTGK, causal=self.causal, **masks))
         attend = {'einops': einops_attention, 'dot_product': library_attention,
                   'fused': functools.partial(  # the kernel reads the projection in place
                       fused_attention, qkv_BTGCK=None if cfg.positions == 'rope' else qkv_BTGCK)
                   }[cfg.attention]
         out_BTHK = _constrain(attend(q_BTHK, k_BTGK, v_BTGK, causal=self.causal,
-                                     query_offset=query_offset, key_valid_BS=key_valid_BS),
+                                     query_offset=query_offset, **masks),
                               'batch', 'length', 'heads', 'kv')
         out_NHK = out_BTHK.reshape(batch * length, cfg.num_heads, cfg.head_dim)
         out_ND = Projection((cfg.num_heads, cfg.head_dim), (width,), ('heads', 'kv', 'embed'),
@@ -117,19 +121,26 @@ class Attention(nn.Module):
             out_ND = out_ND + adapter.astype(out_ND.dtype)
         return out_ND.reshape(batch, length, width)
 
-    def _extend_cache(self, k_BTGK, v_BTGK):
-        """Decoding: appends this call's keys/values to the cache; returns the whole cache and
-        the position of this call's first token (causal masking hides the unwritten rest)."""
+    def _extend_cache(self, k_BTGK, v_BTGK, segments_BT):
+        """Decoding: appends this call's keys/values (and segment ids: 0 when not given) to the
+        cache; returns the whole cache and the position of this call's first token (causal
+        masking hides the unwritten rest)."""
         batch, length, groups, width = k_BTGK.shape
         shape = (batch, self.cfg.max_len, groups, width)
         cached_k = self.variable('cache', 'cached_key', jnp.zeros, shape, k_BTGK.dtype)
         cached_v = self.variable('cache', 'cached_value', jnp.zeros, shape, v_BTGK.dtype)
+        cached_segments = self.variable('cache', 'cached_segments', jnp.zeros,
+                                        (batch, self.cfg.max_len), jnp.int32)
         index = self.variable('cache', 'cache_index', lambda: jnp.zeros((), jnp.int32))
         start = index.value
+        if segments_BT is None:
+            segments_BT = jnp.zeros((batch, length), jnp.int32)
         cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k_BTGK, (0, start, 0, 0))
         cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v_BTGK, (0, start, 0, 0))
+        cached_segments.value = jax.lax.dynamic_update_slice(
+            cached_segments.value, segments_BT.astype(jnp.int32), (0, start))
         index.value = start + length
-        return cached_k.value, cached_v.value, start
+        return cached_k.value, cached_v.value, cached_segments.value, start
 
 
 class Mlp(nn.Module):
@@ -176,10 +187,10 @@ class Block(nn.Module):
     scanned: bool = False
 
     @nn.compact
-    def __call__(self, x_BTD, key_valid_BS, positions_BT):
+    def __call__(self, x_BTD, key_valid_BS, positions_BT, segments_BT):
         drop = nn.Dropout(self.cfg.dropout, deterministic=not self.train)
         y_BTD = Attention(self.cfg, self.causal, name='attention')(
-            _norm(self.cfg, 'attention_norm')(x_BTD), key_valid_BS, positions_BT,
+            _norm(self.cfg, 'attention_norm')(x_BTD), key_valid_BS, positions_BT, segments_BT,
             decode=self.decode)
         x_BTD = x_BTD + drop(y_BTD)
         x_BTD = x_BTD + drop(Mlp(self.cfg, name='mlp')(_norm(self.cfg, 'mlp_norm')(x_BTD)))
@@ -197,7 +208,8 @@ class Encoder(nn.Module):
     causal: bool
 
     @nn.compact
-    def __call__(self, x_BTD, key_valid_BS, positions_BT, train: bool, decode: bool = False):
+    def __call__(self, x_BTD, key_valid_BS, positions_BT, train: bool, decode: bool = False,
+                 segments_BT=None):
         cfg = self.cfg
         if cfg.positions == 'learned':
             table_LD = self.param('position_embedding', _init(nn.initializers.normal(0.02),
@@ -212,22 +224,33 @@ class Encoder(nn.Module):
         if cfg.scan_layers:
             layers = nn.scan(block, variable_axes={'params': 0, 'cache': 0, 'intermediates': 0},
                              split_rngs={'params': True, 'dropout': True},
-                             in_axes=(nn.broadcast, nn.broadcast), length=cfg.depth,
-                             metadata_params={nn.PARTITION_NAME: 'layers'})
+                             in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+                             length=cfg.depth, metadata_params={nn.PARTITION_NAME: 'layers'})
             x_BTD, _ = layers(cfg, self.causal, train, decode, scanned=True, name='blocks')(
-                x_BTD, key_valid_BS, positions_BT)
+                x_BTD, key_valid_BS, positions_BT, segments_BT)
         else:
             for i in range(cfg.depth):
                 x_BTD = block(cfg, self.causal, train, decode, name=f'block{i}')(
-                    x_BTD, key_valid_BS, positions_BT)
+                    x_BTD, key_valid_BS, positions_BT, segments_BT)
         return _norm(cfg, 'final_norm')(x_BTD)
+
+
+def segment_positions(segments_BT: jax.Array) -> jax.Array:
+    """Each token's position within its segment: 0 where the segment id changes (and at the
+    start of the row), counting up until the next change."""
+    t_BT = jnp.broadcast_to(jnp.arange(segments_BT.shape[1]), segments_BT.shape)
+    changes_BT = jnp.concatenate([jnp.ones_like(segments_BT[:, :1], bool),
+                                  segments_BT[:, 1:] != segments_BT[:, :-1]], axis=1)
+    return t_BT - jax.lax.cummax(jnp.where(changes_BT, t_BT, 0), axis=1)
 
 
 class TransformerLM(nn.Module):
     """Decoder-only LM: tokens (B, T) -> next-token logits (B, T, V), float32.
 
     With `decode=True` the call appends to a key/value cache ('cache' collection) and `positions`
-    say where the tokens are; see bigjax/sample.py.
+    say where the tokens are; see bigjax/sample.py. `segments_BT` (int, (B, T)) packs several
+    documents into a row: each token attends only to its own document, and positions restart at
+    each document (unless given).
     """
 
     cfg: TransformerConfig
@@ -239,17 +262,19 @@ class TransformerLM(nn.Module):
 
     @nn.compact
     def __call__(self, tokens_BT, *, train: bool, decode: bool = False, positions_BT=None,
-                 features: bool = False):
+                 segments_BT=None, features: bool = False):
         """Logits; or, with `features`, the final states (B, T, D) and the output layer (D, V)
         in the compute dtype, for a loss that never holds every logit (metrics.chunked)."""
         cfg = self.cfg
         if positions_BT is None:
-            positions_BT = jnp.broadcast_to(jnp.arange(tokens_BT.shape[1]), tokens_BT.shape)
+            positions_BT = (jnp.broadcast_to(jnp.arange(tokens_BT.shape[1]), tokens_BT.shape)
+                            if segments_BT is None else segment_positions(segments_BT))
         embed = nn.Embed(self.vocab_size, cfg.width, dtype=DTYPES[cfg.dtype],
                          param_dtype=DTYPES[cfg.param_dtype], name='token_embedding',
                          embedding_init=_init(nn.initializers.normal(0.02), 'vocab', 'embed'))
         x_BTD = _constrain(embed(tokens_BT), 'batch', 'length', None)
-        x_BTD = Encoder(cfg, causal=True, name='encoder')(x_BTD, None, positions_BT, train, decode)
+        x_BTD = Encoder(cfg, causal=True, name='encoder')(x_BTD, None, positions_BT, train, decode,
+                                                          segments_BT)
         x_ND = x_BTD.reshape(-1, cfg.width)
         if cfg.tied_embeddings:
             if features:
