@@ -1,6 +1,6 @@
 """Published chat templates, written out here since this machine cannot download them: Qwen2.5
-(ChatML), Llama 3.1 and Gemma 2, as their tokenizer_config.json files carry them, with the
-special tokens each family renders them with; and a ChatML template that marks answers with
+(ChatML), Llama 3.1, Gemma 2 and Zephyr, as their tokenizer_config.json files carry them, with
+the special tokens each family renders them with; and a ChatML template that marks answers with
 {% generation %} (the form transformers' return_assistant_tokens_mask reads)."""
 
 QWEN2_5 = """{%- if tools %}
@@ -179,6 +179,21 @@ GEMMA2 = ("{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_excep
           "'<end_of_turn>\\n' }}{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model"
           "\\n'}}{% endif %}")
 
+# HuggingFaceH4/zephyr-7b-beta's: a template written across lines, which relies on the
+# environment's trim_blocks and lstrip_blocks to render without their newlines and indents.
+ZEPHYR = """{% for message in messages %}
+{% if message['role'] == 'user' %}
+{{ '<|user|>\n' + message['content'] + eos_token }}
+{% elif message['role'] == 'system' %}
+{{ '<|system|>\n' + message['content'] + eos_token }}
+{% elif message['role'] == 'assistant' %}
+{{ '<|assistant|>\n'  + message['content'] + eos_token }}
+{% endif %}
+{% if loop.last and add_generation_prompt %}
+{{ '<|assistant|>' }}
+{% endif %}
+{% endfor %}"""
+
 CHATML_GENERATION = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' }}"
                      "{% if message['role'] == 'assistant' %}{% generation %}"
                      "{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\\n' }}"
@@ -197,6 +212,8 @@ FAMILIES = {
                {'bos_token': '<bos>', 'eos_token': '<eos>', 'pad_token': '<pad>'}, True),
     'chatml_generation': (CHATML_GENERATION, ['<|endoftext|>', '<|im_start|>', '<|im_end|>'],
                           {'eos_token': '<|im_end|>', 'pad_token': '<|endoftext|>'}, False),
+    'zephyr': (ZEPHYR, ['<unk>', '<s>', '</s>'], {'bos_token': '<s>', 'eos_token': '</s>',
+                                                   'unk_token': '<unk>'}, False),
 }
 END_OF_TURN = {'qwen2.5': '<|im_end|>', 'llama3.1': '<|eot_id|>', 'gemma2': '<end_of_turn>',
-               'chatml_generation': '<|im_end|>'}
+               'chatml_generation': '<|im_end|>', 'zephyr': '</s>'}

@@ -76,7 +76,7 @@ def test_templates_render_and_tokenize_exactly_as_transformers(family, tmp_path)
                                                   add_generation_prompt=generation_prompt)
         expected = theirs.apply_chat_template(messages, add_generation_prompt=generation_prompt,
                                               return_dict=False)
-        np.testing.assert_array_equal(ours.encode_chat(text)[0], expected)
+        np.testing.assert_array_equal(ours.encode_chats([text])[0][0], expected)
         if generation_prompt:
             np.testing.assert_array_equal(chat_template.prompt_ids(template, ours, messages),
                                           expected)
@@ -106,7 +106,7 @@ def test_only_the_answers_and_their_end_of_turn_are_learnt(family, tmp_path):
     _, last = chat_template.encode(template, ours, messages, 'last')
     assert last.sum() < weights.sum() and (last <= weights).all() and last[-1] == weights[-1]
     assert chat_template.encode(template, ours, messages, 'all')[1].all()
-    end_of_turn = ours.encode_chat(END_OF_TURN[family])[0]
+    end_of_turn = ours.encode_chats([END_OF_TURN[family]])[0][0]
     assert chat_template.stop_ids(template, ours) == tuple(sorted({ours.eos_id,
                                                                    int(end_of_turn[0])}))
 

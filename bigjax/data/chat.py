@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+from concurrent import futures
 from typing import Callable, Iterator
 
 import numpy as np
@@ -41,6 +42,7 @@ HUB_PREFIX = 'datasets:'
 SHAREGPT_ROLES = {'human': 'user', 'user': 'user', 'gpt': 'assistant', 'assistant': 'assistant',
                   'model': 'assistant', 'system': 'system', 'tool': 'tool'}
 PARQUET_ROWS = 1024  # rows read from a parquet file at a time
+RENDER_CHUNK = 512  # conversations rendered, then encoded together
 
 Record = tuple[str, object]  # (where it is: 'file.jsonl:12', the record)
 
@@ -310,23 +312,51 @@ class Counts:
 def tokenize_records(records: Iterator[Record], fmt: str, template, tokenizer, train_on: str,
                      bad_records: str, counts: Counts) -> Iterator[tuple[str, list, np.ndarray,
                                                                          np.ndarray]]:
-    """(location, messages, ids, weights) of each good record; bad ones raise a UserError naming
-    them, or are skipped and counted."""
-    for location, record in records:
-        counts.records += 1
-        try:
-            if isinstance(record, _BadJson):
-                raise RecordError(record.message)
-            messages = conversation(record, fmt)
-            ids, weights = chat_template.encode(template, tokenizer, messages, train_on)
-        except (RecordError, chat_template.ChatError) as e:
-            if bad_records == 'error':
-                raise UserError(f'{location}: {e} (data.chat.bad_records=skip skips such '
-                                'records)') from None
-            counts.bad_skipped += 1
-            counts.first_bad = counts.first_bad or f'{location}: {e}'
-            continue
-        yield location, messages, ids, weights
+    """(location, messages, ids, weights) of each good record, in order; bad ones raise a
+    UserError naming them, or are skipped and counted. Records are rendered a chunk at a time
+    and each chunk's texts encoded together (encode_batch, on every core outside the GIL) while
+    the next chunk is rendered."""
+    def rendered(chunk):
+        out = []
+        for location, record in chunk:
+            counts.records += 1
+            try:
+                if isinstance(record, _BadJson):
+                    raise RecordError(record.message)
+                messages = conversation(record, fmt)
+                out.append((location, messages, *template.learnt_spans(messages, train_on)))
+            except (RecordError, chat_template.ChatError) as e:
+                if bad_records == 'error':
+                    raise UserError(f'{location}: {e} (data.chat.bad_records=skip skips such '
+                                    'records)') from None
+                counts.bad_skipped += 1
+                counts.first_bad = counts.first_bad or f'{location}: {e}'
+        return out
+
+    def chunks():
+        chunk = []
+        for record in records:
+            chunk.append(record)
+            if len(chunk) == RENDER_CHUNK:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+    def results(done, encodings):
+        for (location, messages, _, spans), (ids, offsets) in zip(done, encodings.result()):
+            yield location, messages, ids, chat_template.learnt(offsets, spans)
+
+    with futures.ThreadPoolExecutor(1) as encoder:
+        pending = None
+        for chunk in chunks():
+            done = rendered(chunk)
+            encodings = encoder.submit(tokenizer.encode_chats, [text for _, _, text, _ in done])
+            if pending:
+                yield from results(*pending)
+            pending = done, encodings
+        if pending:
+            yield from results(*pending)
 
 
 def check(data_config) -> None:

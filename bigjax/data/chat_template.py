@@ -175,7 +175,7 @@ class ChatTemplate:
 
     def _turn_span(self, messages: list[dict], index: int, text: str) -> tuple[int, int]:
         before = self.render(messages[:index], add_generation_prompt=True)
-        through = self.render(messages[:index + 1])
+        through = text if index == len(messages) - 1 else self.render(messages[:index + 1])
         if not (text.startswith(through) and through.startswith(before)):
             raise ChatError(
                 f'the chat template {self.name} renders the conversation up to assistant message '
@@ -226,21 +226,22 @@ def encode(template: ChatTemplate, tokenizer, messages: list[dict], train_on: st
     """(token ids int32, weights uint8: 1 where the token is learnt) of a conversation, tokenized
     as apply_chat_template(tokenize=True) tokenizes it."""
     text, spans = template.learnt_spans(messages, train_on)
-    ids, offsets = tokenizer.encode_chat(text)
-    return ids, _overlapping(offsets, spans)
+    [(ids, offsets)] = tokenizer.encode_chats([text])
+    return ids, learnt(offsets, spans)
 
 
-def _overlapping(offsets_N2: np.ndarray, spans: list) -> np.ndarray:
-    """1 for each token whose characters [start, end) overlap one of the spans."""
-    learnt = np.zeros(len(offsets_N2), bool)
+def learnt(offsets_N2: np.ndarray, spans: list) -> np.ndarray:
+    """Weights of tokens with these (start, end) characters: 1 for each that overlaps one of the
+    spans to learn (uint8)."""
+    hit = np.zeros(len(offsets_N2), bool)
     for start, end in spans:
-        learnt |= (offsets_N2[:, 1] > start) & (offsets_N2[:, 0] < end)
-    return learnt.astype(np.uint8)
+        hit |= (offsets_N2[:, 1] > start) & (offsets_N2[:, 0] < end)
+    return hit.astype(np.uint8)
 
 
 def prompt_ids(template: ChatTemplate, tokenizer, messages: list[dict]) -> np.ndarray:
     """The conversation so far with the generation prompt: what a model answers after."""
-    return tokenizer.encode_chat(template.render(messages, add_generation_prompt=True))[0]
+    return tokenizer.encode_chats([template.render(messages, add_generation_prompt=True)])[0][0]
 
 
 def stop_ids(template: ChatTemplate, tokenizer) -> tuple[int, ...]:
@@ -255,7 +256,7 @@ def stop_ids(template: ChatTemplate, tokenizer) -> tuple[int, ...]:
         return tuple(sorted(stops))
     start, end = spans[0]
     after = text.rfind(content, start, end) + len(content)
-    ids, offsets = tokenizer.encode_chat(text)
+    [(ids, offsets)] = tokenizer.encode_chats([text])
     following = np.flatnonzero((offsets[:, 0] >= after) & (offsets[:, 0] < end))
     if after >= len(content) and len(following):
         stops.add(int(ids[following[0]]))

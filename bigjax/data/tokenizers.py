@@ -7,7 +7,7 @@ exactly (whitespace and newlines included, which code needs); characters round-t
 of the training text's characters (others become one unknown id).
 
 Documents are encoded with special tokens as text ('<eos>' written in a document is text); a
-rendered chat (encode_chat) is encoded as transformers encodes apply_chat_template's output:
+rendered chat (encode_chats) is encoded as transformers encodes apply_chat_template's output:
 special tokens written by the template are those tokens ('<pad>' and '<eos>' for bigjax's own).
 """
 
@@ -55,8 +55,8 @@ class Tokenizer(Protocol):
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]: ...
 
-    def encode_chat(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, (start, end) characters of each id) of a rendered chat, its special tokens'
+    def encode_chats(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(ids, (start, end) characters of each id) of each rendered chat, its special tokens'
         texts encoded as those tokens."""
 
     def decode(self, ids) -> str: ...
@@ -85,12 +85,12 @@ class ByteTokenizer:
         return [np.frombuffer(t.encode('utf-8'), np.uint8).astype(np.int32) + self._offset
                 for t in texts]
 
-    def encode_chat(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+    def encode_chats(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         def piece(part: str):
             data = np.frombuffer(part.encode('utf-8'), np.uint8)
             chars = np.cumsum((data & 0xC0) != 0x80) - 1  # the character each byte belongs to
             return data.astype(np.int32) + self._offset, chars
-        return _encode_pieces(text, piece)
+        return [_encode_pieces(text, piece) for text in texts]
 
     def decode(self, ids) -> str:
         ids = np.asarray(ids)
@@ -132,8 +132,8 @@ class BpeTokenizer:
     def _encode(self, texts: list[str]) -> list[np.ndarray]:
         return [np.asarray(e.ids, np.int32) for e in self._tokenizer.encode_batch(texts)]
 
-    def encode_chat(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        return _chat_encoding(self.json, text)
+    def encode_chats(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        return _chat_encodings(self.json, texts)
 
     def decode(self, ids) -> str:
         return self._tokenizer.decode([int(i) for i in ids if i != PAD_ID and i != EOS_ID])
@@ -229,9 +229,9 @@ class CharTokenizer:
         return [np.fromiter((self._ids.get(c, UNKNOWN_ID) for c in t), np.int32, len(t))
                 for t in texts]
 
-    def encode_chat(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        return _encode_pieces(text, lambda part: (self.encode_batch([part])[0],
-                                                  np.arange(len(part))))
+    def encode_chats(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [_encode_pieces(text, lambda part: (self.encode_batch([part])[0],
+                                                   np.arange(len(part)))) for text in texts]
 
     def decode(self, ids) -> str:
         return ''.join(self.chars[i - self._offset] if i >= self._offset else '\ufffd'
@@ -242,7 +242,7 @@ class CharTokenizer:
 
 
 def _encode_pieces(text: str, encode_piece) -> tuple[np.ndarray, np.ndarray]:
-    """encode_chat for tokenizers that encode text piece by piece: the special tokens' texts
+    """encode_chats for tokenizers that encode text piece by piece: the special tokens' texts
     (OWN_SPECIAL_TOKENS) become their ids, the text between them encode_piece(part) ->
     (ids, the character of each id within part)."""
     pattern = '|'.join(re.escape(token) for token in OWN_SPECIAL_TOKENS)
@@ -271,10 +271,10 @@ def hf_tokenizer(json_text: str):
     return HfTokenizer.from_str(json_text)
 
 
-def _chat_encoding(json_text: str, text: str) -> tuple[np.ndarray, np.ndarray]:
-    encoding = hf_tokenizer(json_text).encode(text, add_special_tokens=False)
-    return (np.asarray(encoding.ids, np.int32),
-            np.asarray(encoding.offsets, np.int64).reshape(-1, 2))
+def _chat_encodings(json_text: str, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """encode_chats of a tokenizer.json: encode_batch, on every core outside the GIL."""
+    return [(np.asarray(e.ids, np.int32), np.asarray(e.offsets, np.int64).reshape(-1, 2))
+            for e in hf_tokenizer(json_text).encode_batch(texts, add_special_tokens=False)]
 
 
 def _byte_level_chars() -> dict[int, str]:
@@ -424,8 +424,8 @@ class PretrainedTokenizer:
         return [np.asarray(e.ids, np.int32)
                 for e in self._tokenizer.encode_batch(texts, add_special_tokens=False)]
 
-    def encode_chat(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        return _chat_encoding(self.json, text)
+    def encode_chats(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        return _chat_encodings(self.json, texts)
 
     def decode(self, ids) -> str:
         return self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
