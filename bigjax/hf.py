@@ -33,7 +33,8 @@ CONFIG_FILE, WEIGHTS_FILE, INDEX_FILE = 'config.json', 'model.safetensors', \
     'model.safetensors.index.json'
 
 
-HUB_FILES = ('config.json', '*.safetensors', INDEX_FILE, 'tokenizer.json', 'tokenizer_config.json')
+HUB_FILES = ('config.json', '*.safetensors', INDEX_FILE, 'tokenizer.json', 'tokenizer_config.json',
+             'chat_template.jinja')
 
 
 def folder(spec: str) -> str:

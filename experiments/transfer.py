@@ -19,10 +19,12 @@ the same model trained from scratch on it, per seed.
 python experiments/transfer.py --task=digits --workdir=/tmp/bigjax/transfer [--seeds=0,1,2]
 Each run has its own sub-workdir, so rerunning resumes or skips finished runs; --smoke runs a few
 steps of tiny models. --before also scores the pretrained model before any labelled step (the
-fine-tuning config for one step at a learning rate of 1e-12).
+fine-tuning config for one step at a learning rate of 1e-12). --set KEY=VALUE (repeatable)
+overrides a config key in every run, e.g. --set model.transformer.attention=einops.
 """
 
 import argparse
+import ast
 import importlib
 import os
 import statistics
@@ -43,10 +45,12 @@ TASKS = {  # task: (its configs, the eval metrics compared; the first is summari
 COMPARED = ('finetune', 'scratch')
 
 
-def run(task: str, workdir: str, seeds: list[int], smoke: bool, before: bool = False) -> dict:
+def run(task: str, workdir: str, seeds: list[int], smoke: bool, before: bool = False,
+        overrides: dict | None = None) -> dict:
     """{seed: {'finetune': eval metrics, 'scratch': eval metrics}}; the pretraining runs once
     (seed 0), each seed then fine-tunes and trains from scratch. With `before`, also
-    {'before': the fine-tuning config's metrics after one step at a learning rate of 1e-12}."""
+    {'before': the fine-tuning config's metrics after one step at a learning rate of 1e-12}.
+    overrides: {'section.key': value} set in every run's config."""
     module = importlib.import_module(TASKS[task][0])
     suffix = ',smoke' if smoke else ''
 
@@ -54,6 +58,12 @@ def run(task: str, workdir: str, seeds: list[int], smoke: bool, before: bool = F
         c = module.get_config(stage + suffix)
         c.seed = seed
         c.report.enabled = False
+        for key, value in (overrides or {}).items():
+            section, _, name = key.rpartition('.')
+            target = c
+            for part in filter(None, section.split('.')):
+                target = target[part]
+            target[name] = value
         return c
 
     pretrained = os.path.join(workdir, 'pretrain')
@@ -102,9 +112,18 @@ def main() -> None:
     parser.add_argument('--smoke', action='store_true', help='a few steps of tiny models')
     parser.add_argument('--before', action='store_true',
                         help='also score the pretrained model before any labelled step')
+    parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                        help='a config override for every run (a Python literal or a string)')
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(',')]
-    results = run(args.task, args.workdir, seeds, args.smoke, args.before)
+    overrides = {}
+    for item in args.set:
+        key, _, text = item.partition('=')
+        try:
+            overrides[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            overrides[key] = text
+    results = run(args.task, args.workdir, seeds, args.smoke, args.before, overrides)
     print('\n' + table(results, TASKS[args.task][1]))
 
 

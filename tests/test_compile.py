@@ -35,6 +35,20 @@ def test_the_smoke_lm_compiles_for_tpu_slices_and_fits(topology):
     assert flops['model'] < flops['matmuls_executed'] < 2 * flops['model']
 
 
+def test_instruction_tuning_compiles_for_a_tpu_from_its_config_alone():
+    """Chat data described without reading it: windows of tokens, segment ids and weights; the
+    fine-tuning step with document masks compiles for one v5e chip."""
+    config = load_config('chat_exceptions', 'finetune,smoke')
+    config.data.text.seq_len = 255  # splash attention's lengths: multiples of 128
+    config.model.transformer.update(max_len=256, attention='fused')
+    from bigjax import data
+    assert data.batch_shapes(data.describe(config.data), 16) == {
+        'tokens': ((16, 256), np.dtype(np.uint16)), 'segments': ((16, 256), np.dtype(np.uint16)),
+        'weights': ((16, 256), np.dtype(np.uint8))}
+    result = aot.compile_config(config, 'v5e-1')
+    assert 0 < result['gib_per_chip']['total'] < result['memory_gib_per_chip']
+
+
 def test_launch_compile_prints_the_figures_and_writes_compile_json(tmp_path):
     out = subprocess.run(
         [sys.executable, 'launch.py', '--config=configs/transformer_tpu.py:smoke',

@@ -249,19 +249,27 @@ def test_features_and_output_layer_give_the_logits(tied):
 
 
 def test_splash_attention_equals_the_reference_on_a_mesh():
-    """The TPU kernel in Pallas' interpreter, sharded over data x fsdp x tensor (8 devices)."""
+    """The TPU kernel in Pallas' interpreter, sharded over data x fsdp x tensor (8 devices):
+    causal, with key padding, and causal with packed documents (segment ids, padding after)."""
     q, k, v = qkv(batch=4, length=256, heads=4, groups=2, width=32)
     valid = jnp.arange(256)[None, :] < jnp.array([[256], [200], [130], [5]])
+    cuts = jnp.array([[100, 256], [256, 256], [5, 250], [128, 200]])
+    segments = (1 + (jnp.arange(256)[None, :, None] >= cuts[:, None, :]).sum(-1)) * (
+        jnp.arange(256)[None, :] < jnp.array([[256], [236], [256], [200]]))
     mesh_config = default_config()
     mesh_config.mesh.data, mesh_config.mesh.fsdp, mesh_config.mesh.tensor = 2, 2, 2
     mesh = parallel.make_mesh(mesh_config.mesh)
     rules = parallel.sharding_rules(mesh_config)
     on_mesh = jax.device_put((q, k, v), NamedSharding(mesh, PartitionSpec(('data', 'fsdp'))))
-    for causal, key_valid in ((True, None), (False, valid)):
+    for causal, key_valid, ids in ((True, None, None), (False, valid, None),
+                                   (True, None, segments)):
         def loss(q, k, v, attend):
-            return (attend(q, k, v, causal=causal, key_valid_BS=key_valid) ** 2).sum()
+            return (attend(q, k, v, causal=causal, key_valid_BS=key_valid, query_segments_BT=ids,
+                           key_segments_BS=ids) ** 2).sum()
 
-        splash = functools.partial(attention.splash_attention, interpret=True)
+        splash = lambda q, k, v, query_segments_BT, key_segments_BS, **kw: (
+            attention.splash_attention(q, k, v, segments_BT=query_segments_BT, interpret=True,
+                                       **kw))
         with parallel.layout(mesh, rules):
             out, grads = jax.jit(jax.value_and_grad(functools.partial(loss, attend=splash),
                                                     argnums=(0, 1, 2)))(*on_mesh)

@@ -176,10 +176,13 @@ def read(source: str, split: str) -> Iterator[Record]:
         with open(source, encoding='utf-8') as f:
             for number, line in enumerate(f, 1):
                 if line.strip():
-                    yield f'{source}:{number}', _json(line, f'{source}:{number}')
+                    yield f'{source}:{number}', _json(line)
     elif kind == 'json':
         with open(source, encoding='utf-8') as f:
-            records = _json(f.read(), source)
+            records = _json(f.read())
+        if isinstance(records, _BadJson):
+            raise UserError(f'{source}: {records.message}: a .json chat file holds a JSON list of '
+                            'records')
         if not isinstance(records, list):
             raise UserError(f'{source}: a .json chat file holds a list of records (use .jsonl '
                             'for one record a line)')
@@ -204,10 +207,9 @@ class _BadJson:
         self.message = message
 
 
-def _json(line: str, where: str):
-    del where  # the caller names the record
+def _json(text: str):
     try:
-        return json.loads(line)
+        return json.loads(text)
     except json.JSONDecodeError as e:
         return _BadJson(f'not JSON ({e.msg} at column {e.colno})')
 
@@ -291,10 +293,10 @@ def signature(sources: list[str]) -> list:
     return out
 
 
-def held_out(location_free_record, val_fraction: float) -> bool:
+def held_out(record, val_fraction: float) -> bool:
     """Whether a record is in the eval split when eval is held out of data.paths: by the sha256
     of its canonical JSON, so identical records always fall on the same side."""
-    text = json.dumps(location_free_record, sort_keys=True, ensure_ascii=False, default=str)
+    text = json.dumps(record, sort_keys=True, ensure_ascii=False, default=str)
     return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) % 10_000 < val_fraction * 10_000
 
 
@@ -436,6 +438,8 @@ def conversations(name: str, data_config, train_records: Callable[[], Iterator[R
             generation = []
             for location, messages, ids, weights in tokenize_records(
                     records(), c.format, template, tokenizer, c.train_on, c.bad_records, counts):
+                if split == 'eval' and len(generation) < c.eval_generations:
+                    generation.append(_generation_example(messages, template, tokenizer))
                 if len(ids) > length:
                     counts.truncated += 1
                     ids, weights = ids[:length], weights[:length]
@@ -443,8 +447,6 @@ def conversations(name: str, data_config, train_records: Callable[[], Iterator[R
                     counts.nothing_to_learn += 1
                     continue
                 packer.add(ids, weights)
-                if split == 'eval' and len(generation) < c.eval_generations:
-                    generation.append(_generation_example(messages, template, tokenizer))
             stats = packer.close()
             if not stats['windows']:
                 raise UserError(f'the {split} split of {name} has no conversation left to learn '

@@ -22,6 +22,7 @@ import datetime
 import functools
 import json
 import os
+import re
 
 import numpy as np
 
@@ -131,7 +132,6 @@ class ChatTemplate:
     @property
     def marks_generation(self) -> bool:
         """Whether the template marks what to learn with {% generation %}."""
-        import re
         return re.search(r'\{%-?\s*generation\s*-?%\}', self.source) is not None
 
     def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:

@@ -17,7 +17,7 @@ from bigjax.data.python_exceptions import EXCEPTIONS
 from bigjax.errors import UserError
 
 QUESTION = 'Which exception does the `except` at the end of this code catch?\n\n'
-CODE_CHARS = 600
+CODE_CHARS = 500
 
 
 def question(code: str) -> str:
