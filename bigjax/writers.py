@@ -60,7 +60,8 @@ def details_path(workdir, step: int) -> epath.Path:
 
 
 def read_latest_details(workdir) -> tuple[int, dict] | None:
-    """(step, details) of the latest eval that wrote classification details, if any."""
+    """(step, details) of the latest eval that wrote details (classifiers: confusion matrix and
+    ROC; chat data: the answers to held-out prompts), if any."""
     folder = epath.Path(workdir) / EVAL_DIR
     found = sorted((int(p.stem.split('_')[1]), p) for p in folder.glob('step_*.json')
                    if p.stem.split('_')[1].isdigit()) if folder.exists() else []
