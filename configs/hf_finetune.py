@@ -5,7 +5,9 @@ shards, tokenizer.json): a GPT-2, Llama, Mistral or Qwen2. The model is built fr
 config.json (bigjax/hf.py), its weights are loaded (init_from.path), the text is tokenized with
 its own tokenizer (data.text.tokenizer='hf:FOLDER'), and rank-8 adapters on the attention train.
 The data default to the Python standard library's sources (offline); point data.name or
-data.paths at your own. --mode=export --export_format=hf writes the result back for transformers.
+data.paths at your own: --config.data.name=chat --config.data.paths=conversations.jsonl
+instruction-tunes it in its own chat template, the loss on the answers (bigjax/data/chat.py).
+--mode=export --export_format=hf writes the result back for transformers (with the template).
 hf:ORG/NAME is read from the Hugging Face cache, or downloaded into it where there is internet.
 python launch.py --config=configs/hf_finetune.py:hf:HuggingFaceTB/SmolLM2-135M --workdir=/tmp/ft
 """

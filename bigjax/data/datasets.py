@@ -208,8 +208,10 @@ def _text(builder, data_config) -> Dataset:
             return {}, vars(cleaner.report)
 
         arrays, report = _cached(tfds_split, key, build)
-        log.info('%s %s: %s; %d sequences of %d tokens', tfds_split.name, tfds_split.split,
-                 text.CleaningReport(**report), len(arrays['tokens']), t.seq_len)
+        per_window = (f' ({report["kept"] / max(len(arrays["tokens"]), 1):.2f} documents a window'
+                      f'{", kept apart" if t.document_mask else ""})' if task == 'lm' else '')
+        log.info('%s %s: %s; %d sequences of %d tokens%s', tfds_split.name, tfds_split.split,
+                 text.CleaningReport(**report), len(arrays['tokens']), t.seq_len, per_window)
         return Split(len(arrays['tokens']), lambda: arrays)
 
     return Dataset(data_config.name, f'text_{task}', split(train), split(eval_),
