@@ -1,4 +1,4 @@
-"""Train a bigjax config, sample from the LM it trained, or write its report.
+"""Train a bigjax config, sample from the LM it trained, evaluate it, or write its report.
 
 python launch.py --config=configs/cnn_digits.py[:smoke] --workdir=DIR
 python launch.py --config=configs/transformer_cpu.py --workdir=DIR --mode=sample --prompt='def '
@@ -7,6 +7,9 @@ python launch.py --config=configs/chat_exceptions.py:finetune --workdir=DIR --mo
 python launch.py --config=configs/cnn_digits.py --workdir=DIR --mode=report  (DIR/report.html)
 python launch.py --config=CONFIG --workdir=DIR --mode=export --export_dir=OUT  (LoRA merged;
     OUT serves as --config.init_from.path; --export_format=hf: a Hugging Face model folder)
+python launch.py --config=configs/transformer_cpu.py --workdir=DIR --mode=evaluate --tasks=hellaswag,arc_easy
+    [--limit=N] [--num_fewshot=K] [--apply_chat_template]  (lm-evaluation-harness on the latest
+    checkpoint; bigjax_exceptions_mc / bigjax_exceptions_gen run offline; DIR/eval_harness/)
 python launch.py --config=configs/transformer_tpu.py --workdir=DIR --mode=compile --topology=v5e-8
     (compiles the train and eval steps for that TPU slice on any machine: HBM per chip, FLOPs,
     a roofline estimate; DIR/compile.json)
@@ -26,16 +29,26 @@ from ml_collections import config_flags
 config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/cnn_digits.py[:arg].',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and the report go (resumes).')
-flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'report', 'export', 'compile'],
-                  'Train; sample from a trained LM; (re)write the workdir\'s report.html; export '
-                  'its latest parameters (LoRA adapters merged) to --export_dir; or compile the '
-                  'steps for --topology and report whether they fit.')
+flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'evaluate', 'report', 'export',
+                                    'compile'],
+                  'Train; sample from a trained LM; score it on lm-evaluation-harness --tasks; '
+                  '(re)write the workdir\'s report.html; export its latest parameters (LoRA '
+                  'adapters merged) to --export_dir; or compile the steps for --topology and '
+                  'report whether they fit.')
 flags.DEFINE_string('topology', '', 'compile: a TPU slice, e.g. v5e-1, v5e-8, v6e-8, v4-8, v5p-8.')
 flags.DEFINE_integer('num_slices', 1, 'compile: slices of --topology joined over the data-center '
                      'network (mesh.data spans them).')
 flags.DEFINE_string('export_dir', '', 'export: an empty or new folder for the parameters.')
 flags.DEFINE_enum('export_format', 'bigjax', ['bigjax', 'hf'], 'export: a checkpoint folder for '
                   'init_from.path, or (hf) a Hugging Face model folder for transformers.')
+flags.DEFINE_string('tasks', '', 'evaluate: lm-eval task names, groups or task YAML files, '
+                    'comma-separated (bigjax_exceptions_mc and bigjax_exceptions_gen need no '
+                    'download).')
+flags.DEFINE_integer('limit', 0, 'evaluate: score the first N examples of each task; 0 = all.')
+flags.DEFINE_integer('num_fewshot', -1, 'evaluate: examples shown before each question; -1 = '
+                     "the task's own default.")
+flags.DEFINE_bool('apply_chat_template', False, 'evaluate: ask each question in the run\'s chat '
+                  'template (for instruction-tuned models), as lm-eval\'s flag of that name.')
 flags.DEFINE_string('prompt', '', 'sample: the text to continue.')
 flags.DEFINE_string('conversation', '', 'sample: a conversation to answer in the chat template '
                     '(JSON messages [{"role": "user", "content": "..."}], or a .json file of '
@@ -117,6 +130,11 @@ def main(argv):
                                       num_tokens=FLAGS.num_tokens, temperature=FLAGS.temperature,
                                       top_k=FLAGS.top_k, seed=config.seed,
                                       conversation=FLAGS.conversation))
+        elif FLAGS.mode == 'evaluate':
+            from bigjax import eval_harness
+            print(eval_harness.from_workdir(config, FLAGS.workdir, FLAGS.tasks, limit=FLAGS.limit,
+                                            num_fewshot=FLAGS.num_fewshot,
+                                            apply_chat_template=FLAGS.apply_chat_template))
         elif FLAGS.mode == 'report':
             print(report.from_workdir(config, FLAGS.workdir))
         elif FLAGS.mode == 'export':

@@ -122,6 +122,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.log_every = 100  # steps between train-metric lines (the only host syncs)
     c.train.eval_every = 0  # steps between evals; 0 = once per epoch; the run always ends with one
     c.train.checkpoint_every = 0  # steps between checkpoints; 0 = once per epoch, and at the end
+    c.train.eval_tasks = ''  # LMs: lm-evaluation-harness tasks scored at each eval, e.g.
+    # 'arc_easy,bigjax_exceptions_mc' (metrics TASK/METRIC; bigjax/eval_harness.py); '' = none
+    c.train.eval_tasks_limit = 0  # examples of each of them scored; 0 = all
     c.train.keep_checkpoints = 3
     c.train.microbatches = 1  # gradient accumulation: the batch is split into this many steps
     c.train.logits_chunk = 0  # LMs: > 0 makes the output layer's logits (and loss) this many

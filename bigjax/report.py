@@ -24,8 +24,8 @@ from etils import epath
 
 from bigjax import config as config_lib
 from bigjax import data as data_lib
-from bigjax import (finetune, metrics, model_diagram, models, parallel, pytree, sample, tasks,
-                    viz, writers)
+from bigjax import (eval_harness, finetune, metrics, model_diagram, models, parallel, pytree,
+                    sample, tasks, viz, writers)
 from bigjax import plan as plan_lib
 from bigjax import workdir as workdir_lib
 from bigjax.data import augment
@@ -243,10 +243,10 @@ def _eval_batches(plan, arrays):
 
 def _evaluation(plan, forward, state, figures: _Figures) -> str:
     if plan.dataset.chat is not None:
-        return _answers(plan)
+        return _answers(plan) + _harness(plan)
     if plan.dataset.kind == 'text_lm':
         return ('<p>Language model: loss, perplexity, bits per byte/character and next-token '
-                'accuracy are in the metrics table and curves.</p>')
+                'accuracy are in the metrics table and curves.</p>') + _harness(plan)
     if plan.dataset.kind not in CLASSIFICATION_KINDS:
         return (f'<p>{html.escape(plan.dataset.kind)}: the task\'s metrics are in the metrics '
                 'table and curves.</p>')
@@ -270,6 +270,21 @@ def _evaluation(plan, forward, state, figures: _Figures) -> str:
                        for i, name in enumerate(names)]))
     out.append(_most_confused(plan, forward, state, figures))
     return ''.join(out)
+
+
+def _harness(plan) -> str:
+    """The newest lm-evaluation-harness score of each task run on this workdir."""
+    latest = eval_harness.read_latest(plan.workdir)
+    if not latest:
+        return ('<p>No lm-evaluation-harness tasks scored yet (launch.py --mode=evaluate '
+                '--tasks=..., or train.eval_tasks).</p>')
+    rows = [[task, r['step'], r['num_fewshot'], r['limit'] or 'all', 'yes' if r['chat'] else 'no',
+             metric, value, r['stderr'].get(metric, '')]
+            for task, r in sorted(latest.items()) for metric, value in r['values'].items()]
+    return ('<h3>lm-evaluation-harness</h3><p>The newest score of each task (its files: '
+            f'{eval_harness.DIR}/).</p>' + _table(
+                ['task', 'step', 'n-shot', 'examples', 'chat template', 'metric', 'value',
+                 'stderr'], rows, numeric_from=6))
 
 
 def _answers(plan) -> str:

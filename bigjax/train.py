@@ -15,7 +15,8 @@ import numpy as np
 from etils import epath
 
 from bigjax import data as data_lib
-from bigjax import chat_eval, finetune, metrics, optim, parallel, steps, tasks, writers
+from bigjax import chat_eval, eval_harness, finetune, metrics, optim, parallel, steps, tasks
+from bigjax import writers
 from bigjax import plan as plan_lib
 from bigjax import workdir as workdir_lib
 from bigjax.checkpoint import Checkpointer
@@ -35,6 +36,7 @@ def run(config, workdir, *, stop_at_step: int | None = None) -> dict | None:
     writers.show_log()
     plan = plan_lib.plan(config, workdir)
     workdir_lib.check_writable(plan.workdir, jax.process_index())
+    harness = eval_harness.DuringTraining(plan) if config.train.eval_tasks else None
     with workdir_lib.held(plan.workdir), Preemption() as preemption, \
             Checkpointer(plan.workdir, keep=config.train.keep_checkpoints) as checkpointer:
         latest = checkpointer.latest_step()
@@ -44,11 +46,11 @@ def run(config, workdir, *, stop_at_step: int | None = None) -> dict | None:
         if stop_at_step is not None and not (latest or 0) < stop_at_step <= total:
             raise ValueError(f'stop_at_step={stop_at_step} is not after the checkpoint at step '
                              f'{latest or 0} and within the {total} steps')
-        return _train(plan, checkpointer, preemption, stop_at_step)
+        return _train(plan, checkpointer, preemption, stop_at_step, harness)
 
 
 def _train(plan: plan_lib.Plan, checkpointer: Checkpointer, preemption: Preemption,
-           stop_at_step: int | None) -> dict | None:
+           stop_at_step: int | None, harness=None) -> dict | None:
     """Init or restore, then steps with logging, eval and checkpoints; returns the final eval."""
     config, mesh, schedule = plan.config, plan.mesh, plan.schedule
     task = plan.task()
@@ -79,7 +81,7 @@ def _train(plan: plan_lib.Plan, checkpointer: Checkpointer, preemption: Preempti
         _, state, window = resumed
     train_fn = train_program(plan, task)
     learning_rate = jax.jit(optim.learning_rate_schedule(config.optim, schedule.total_steps))
-    evaluate = Evaluator(plan, task)
+    evaluate = Evaluator(plan, task, harness)
 
     start_step = latest or 0
     is_main = jax.process_index() == 0
@@ -124,7 +126,7 @@ def _train(plan: plan_lib.Plan, checkpointer: Checkpointer, preemption: Preempti
                     progress.report(step, 'train', values)
                     window = jax.device_put(metrics.empty_window(), replicated)
                 if step % schedule.eval_every == 0 or last:
-                    final_eval, details = evaluate.values(state)
+                    final_eval, details = evaluate.values(state, step)
                     writer.write(step, 'eval', final_eval)
                     if details:
                         writer.write_details(step, details)
@@ -262,10 +264,10 @@ def _train_and_accumulate(state, window, batch, on_device, **step_kwargs):
 class Evaluator:
     """Evaluation of a state over the whole eval split (every example once): its sums, on the
     host, and the metrics and details (classifiers: confusion matrix, ROC; chat data: held-out
-    prompts answered and scored) they give."""
+    prompts answered and scored; train.eval_tasks: lm-eval's scores) they give."""
 
-    def __init__(self, plan: plan_lib.Plan, task: tasks.Task):
-        self.plan = plan
+    def __init__(self, plan: plan_lib.Plan, task: tasks.Task, harness=None):
+        self.plan, self.harness = plan, harness
         self.mesh, self.arrays = plan.mesh, plan.dataset.eval.arrays
         self.batch_size = plan_lib.eval_batch_size(plan.config)
         self.accumulate, self.step = eval_program(plan, task)
@@ -286,8 +288,8 @@ class Evaluator:
             in_flight.add(sums)
         return jax.device_get(sums)
 
-    def values(self, state) -> tuple[dict, dict]:
-        """(metrics, details for eval/step_<N>.json or {})."""
+    def values(self, state, step: int) -> tuple[dict, dict]:
+        """(metrics, details for eval/step_<N>.json or {}) of the state at `step`."""
         sums = self(state)
         values = metrics.summarize(sums, self.plan.dataset.kind)
         details = {}
@@ -297,6 +299,8 @@ class Evaluator:
         if chat is not None and chat.prompts:
             scores, details = chat_eval.evaluate(self.plan, state)
             values.update(scores)
+        if self.harness is not None:
+            values.update(self.harness(state, step))
         return values, details
 
 

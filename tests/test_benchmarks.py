@@ -25,6 +25,10 @@ SMOKES = {  # 'script [flags]' (run with --smoke): regular expressions for lines
     'chat_pipeline.py': [r'^\s*conversations\s+MB of JSONL\s+seconds\s+per minute',
                          *(rf'^\s+{n}\s+{N}\s+{N}\s+{N}\s+{N}\s+{N}\s+{N}%$'
                            for n in (200, 400))],
+    'harness_cpu.py': [rf'^14 questions x 7 choices; model 32 wide, 2 deep, max_len 32',
+                       r'^scorer\s+seconds\s+questions/s\s+vs hf\s+accuracy$',
+                       *(rf'^{name}\s+{N}\s+{N}\s+{N}x\s+{N}$'
+                         for name in ('bigjax einops', 'bigjax fused', r'hf \(torch\)'))],
     'char_lm.py': [rf'^{N} bytes of text; median {N} tokens/s$',
                    rf'^step +8: validation loss {N} nats/char$',
                    rf'^final validation loss {N}; wall time {N} s$'],

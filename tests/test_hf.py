@@ -16,6 +16,7 @@ from bigjax.models.transformer import TransformerConfig, TransformerLM
 
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
+from hf_models import llama, saved, tokenizer_folder  # noqa: E402  (they import torch)
 
 TOKENS = np.array([[5, 17, 3, 99, 42, 0, 8, 64, 23, 11, 7, 2],
                    [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]])
@@ -25,30 +26,10 @@ def gpt2():
     return transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=32, vocab_size=100)
 
 
-def llama(**overrides):
-    return transformers.LlamaConfig(**{
-        'hidden_size': 64, 'intermediate_size': 96, 'num_hidden_layers': 2,
-        'num_attention_heads': 4, 'num_key_value_heads': 2, 'vocab_size': 100,
-        'max_position_embeddings': 64, 'rms_norm_eps': 1e-5, 'tie_word_embeddings': False,
-        'rope_parameters': {'rope_type': 'default', 'rope_theta': 500_000.0}, **overrides})
-
-
 def qwen2():
     return transformers.Qwen2Config(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                                     num_attention_heads=4, num_key_value_heads=2, vocab_size=100,
                                     max_position_embeddings=64, tie_word_embeddings=True)
-
-
-def saved(config, folder):
-    """A transformers model of `config` with every weight random (biases and norms too),
-    saved as save_pretrained does."""
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config).eval()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.normal_(0.0, 0.3)
-    model.save_pretrained(folder)
-    return model
 
 
 def torch_logits(model) -> np.ndarray:
@@ -118,21 +99,6 @@ def test_what_bigjax_cannot_compute_is_a_one_line_error(config, message):
     with pytest.raises(UserError, match=message.replace('(', r'\(')) as error:
         hf.transformer_options(config().to_dict())
     assert '\n' not in str(error.value)
-
-
-def tokenizer_folder(folder, texts):
-    """A byte-level BPE saved as transformers saves one, its end of text '<|endoftext|>' at
-    id 0 (unlike bigjax's own, which put '<eos>' at 1)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=400, special_tokens=['<|endoftext|>'], show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer,
-                                         eos_token='<|endoftext|>').save_pretrained(folder)
-    return tokenizer.get_vocab_size()
 
 
 def test_fine_tune_a_hugging_face_llama_with_its_own_tokenizer(tmp_path):
