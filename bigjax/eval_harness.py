@@ -83,16 +83,18 @@ def _task_manager(include: str | None):
     return TaskManager(include_path=include)
 
 
+def _metrics(values: dict) -> list[tuple[str, str, object]]:
+    """(metric, filter, value) of a task's lm-eval results, whose keys read 'METRIC,FILTER'."""
+    return [(*key.split(',', 1), value) for key, value in values.items() if ',' in key]
+
+
 def scores(results: dict) -> dict[str, float]:
     """{TASK/METRIC (/FILTER where it is not 'none'): value} of each numeric result."""
-    out = {}
-    for task, values in results['results'].items():
-        for key, value in values.items():
-            metric, _, filter_name = key.partition(',')
-            if filter_name and '_stderr' not in metric and isinstance(value, (int, float)):
-                name = f'{task}/{metric}' + ('' if filter_name == 'none' else f'/{filter_name}')
-                out[name] = float(value)
-    return out
+    return {f'{task}/{metric}' + ('' if filter_name == 'none' else f'/{filter_name}'):
+            float(value)
+            for task, values in results['results'].items()
+            for metric, filter_name, value in _metrics(values)
+            if '_stderr' not in metric and isinstance(value, (int, float))}
 
 
 def write(workdir, step: int, results: dict, settings: dict) -> epath.Path | None:
@@ -123,7 +125,7 @@ def read_latest(workdir) -> dict[str, dict]:
         for task, values in (record.get('results') or {}).items():
             if task in newest and newest[task]['step'] > record['step']:
                 continue
-            plain = {k.partition(',')[0]: v for k, v in values.items() if ',' in k}
+            plain = {metric: value for metric, _, value in _metrics(values)}
             newest[task] = {
                 'step': record['step'], 'limit': record.get('limit'),
                 'num_fewshot': (record.get('n-shot') or {}).get(task),

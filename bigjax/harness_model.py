@@ -90,6 +90,7 @@ class BigjaxLM(TemplateLM):
             in_shardings=(plan.state_shardings.params,) + (self.batch_sharding,) * 3,
             out_shardings=(self.batch_sharding,) * 2)
         self._template = None
+        self._prefix_id = self._bos_or_eos()  # looked up once: tok_encode and rolling use it
 
     @property
     def eot_token_id(self) -> int:
@@ -97,6 +98,9 @@ class BigjaxLM(TemplateLM):
 
     @property
     def prefix_token_id(self) -> int:
+        return self._prefix_id
+
+    def _bos_or_eos(self) -> int:
         """The tokenizer's BOS where it names one (as the hf backend), else its end of text: a
         bigjax document starts after one."""
         bos = self.bigjax_tokenizer.special_tokens.get('bos_token')
