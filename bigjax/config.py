@@ -11,7 +11,7 @@ import sys
 
 import ml_collections
 
-from bigjax import models
+from bigjax import finetune, models
 from bigjax.errors import UserError
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -141,6 +141,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.init_from.label_words = ()  # decoder classifier: per class, a text whose first token's
     # output-layer row in the LM starts the head (e.g. (' bad', ' good')); () = a zero head
     c.frozen = ()  # regexes of parameter names ('encoder/.*') not to train; no optimizer state
+    c.lora_trained = ()  # with LoRA (model.transformer.lora_rank > 0), which freezes the base
+    # model (an LM's output layer and embedding too, as peft): regexes of its parameters to train
+    # as well (peft's modules_to_save), e.g. ('head/kernel',) for an untied output layer
 
     c.report = ml_collections.ConfigDict()  # <workdir>/report.html (bigjax/report.py)
     c.report.enabled = True  # write it at the end of the run (launch.py --mode=report: any time)
@@ -222,6 +225,10 @@ def check(config: ml_collections.ConfigDict) -> None:
         raise UserError(f"model.transformer.pool='last' (causal, the last token) is for "
                         f"transformer_classifier; model.name={config.model.name!r} pools with "
                         "'cls' or 'mean'")
+    if config.lora_trained and not finetune.uses_lora(config):
+        raise UserError(f'lora_trained={config.lora_trained} names parameters to train beside '
+                        'LoRA adapters, and LoRA is off (everything trains): set '
+                        'model.transformer.lora_rank > 0 or lora_trained=()')
     if config.init_from.label_words and not (config.init_from.path and decoder_classifier):
         raise UserError("init_from.label_words starts a decoder classifier's head from a "
                         "pretrained LM: set init_from.path, model.name='transformer_classifier' "

@@ -8,9 +8,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from bigjax import finetune, hf, pytree
+from bigjax import finetune, hf, hf_families, pytree
 from bigjax import plan as plan_lib
 from bigjax import workdir as workdir_lib
+from bigjax.data import tokenizers
 from bigjax.errors import UserError
 
 FORMATS = ('bigjax', 'hf')
@@ -29,7 +30,8 @@ def export(config, workdir, export_dir, export_format: str = 'bigjax') -> str:
         if config.model.name != 'transformer_lm':
             raise UserError(f'--export_format=hf writes causal LMs: model.name is '
                             f'{config.model.name!r}, not transformer_lm')
-        hf.hf_config(config.model.transformer.to_dict(), 0)  # refuses before anything is read
+        # Refuses before anything is read.
+        hf_families.hf_config(config.model.transformer.to_dict(), 0)
     out = workdir_lib.resolve(export_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f'--export_dir={export_dir} is not empty: name a new folder (nothing '
@@ -60,9 +62,9 @@ def hf_model(plan, params, options: dict, out) -> str:
     """Writes config.json, model.safetensors (float32) and, for a BPE or a model's own tokenizer,
     tokenizer.json and tokenizer_config.json to `out`; returns what it wrote, in words."""
     vocab_size, tokenizer = plan.dataset.vocab_size, plan.dataset.tokenizer
-    config = {**hf.hf_config(options, vocab_size), 'torch_dtype': 'float32',
-              'bos_token_id': tokenizer.eos_id, 'eos_token_id': tokenizer.eos_id,
-              'pad_token_id': tokenizer.pad_id}  # bigjax starts each document after an eos
+    config = {**hf_families.hf_config(options, vocab_size), 'torch_dtype': 'float32',
+              'bos_token_id': tokenizers.prompt_start(tokenizer), 'eos_token_id': tokenizer.eos_id,
+              'pad_token_id': tokenizer.pad_id}  # documents start as the tokenizer starts them
     tensors = hf.from_params(params, config)  # before anything is written: it may refuse
     out.mkdir(parents=True, exist_ok=True)
     (out / hf.CONFIG_FILE).write_text(json.dumps(config, indent=2) + '\n')
@@ -72,7 +74,8 @@ def hf_model(plan, params, options: dict, out) -> str:
         token = Tokenizer.from_str(tokenizer.json).id_to_token
         (out / 'tokenizer.json').write_text(tokenizer.json)
         settings = {'tokenizer_class': 'PreTrainedTokenizerFast',
-                    'bos_token': token(tokenizer.eos_id), 'eos_token': token(tokenizer.eos_id),
+                    'bos_token': token(tokenizers.prompt_start(tokenizer)),
+                    'eos_token': token(tokenizer.eos_id),
                     'pad_token': token(tokenizer.pad_id), **tokenizer.special_tokens}
         template = (plan.dataset.chat.template.source if plan.dataset.chat is not None
                     else tokenizer.chat_template)

@@ -18,7 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from bigjax import hf, pytree
+from bigjax import hf, models, pytree
 from bigjax import workdir as workdir_lib
 from bigjax.errors import UserError
 
@@ -48,25 +48,35 @@ def uses_lora(config) -> bool:
     return config.model.name != 'cnn' and config.model.transformer.lora_rank > 0
 
 
+def _predicts_tokens(config) -> bool:
+    """Whether the configured model is a language model: its head is the pretrained output layer,
+    not a new classifier."""
+    return 'text_lm' in models.MODELS.get(config.model.name).inputs
+
+
 def frozen_predicate(config) -> Callable[[str], bool]:
     """Whether a parameter is not trained: `config.frozen` matches it; with LoRA on, also every
-    parameter that is not an adapter, the head or the class token."""
+    parameter that is not an adapter, a classifier's new head or class token, or matched by
+    `lora_trained` (as peft: an LM's output layer and token embedding stay frozen)."""
     patterns = [re.compile(p) for p in config.frozen]
-    lora = uses_lora(config)
+    trained = [re.compile(p) for p in config.lora_trained]
+    lora, classifier = uses_lora(config), not _predicts_tokens(config)
 
     def frozen(name: str) -> bool:
         if any(p.fullmatch(name) for p in patterns):
             return True
-        return lora and not (ADAPTER.fullmatch(name) or name.startswith('head/')
-                             or name == 'class_token')
+        return lora and not (ADAPTER.fullmatch(name) or any(p.fullmatch(name) for p in trained)
+                             or (classifier and (name.startswith('head/')
+                                                 or name == 'class_token')))
     return frozen
 
 
 def check_patterns(config, params) -> None:
-    """Raises UserError for a frozen or optim.lr_multipliers pattern that matches no parameter,
-    or a multiplier that is not positive."""
+    """Raises UserError for a frozen, lora_trained or optim.lr_multipliers pattern that matches no
+    parameter, or a multiplier that is not positive."""
     names = pytree.flat(params)
     matching(config.frozen, names, 'frozen')
+    matching(config.lora_trained, names, 'lora_trained')
     for entry in config.optim.lr_multipliers:
         if len(entry) != 2 or not isinstance(entry[1], (int, float)) or entry[1] <= 0:
             raise UserError(f'optim.lr_multipliers entry {entry!r} must be (pattern, factor > 0)')

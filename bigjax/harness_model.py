@@ -1,11 +1,12 @@
 """A bigjax LM as an lm-evaluation-harness model (registered with it as 'bigjax').
 
 Requests are tokenized as lm-eval's own `hf` backend tokenizes them (TemplateLM: the context and
-the continuation encoded together, then split; an empty context conditions on the prefix token,
-the tokenizer's BOS or else its end of text), so both give the same log-likelihoods for the same
-weights. Scoring runs as one jitted call per batch on the run's mesh, rows sharded over the batch
-axes, padded to a fixed number of rows and to one of a few widths (powers of two up to the
-model's max_len), so a task compiles a handful of programs, not one per request. Generation is
+the continuation encoded together, then split, the text starting with the family's BOS where its
+tokenizer adds one; an empty context conditions on the prefix token, tokenizers.prompt_start), so
+both give the same log-likelihoods for the same weights. Scoring runs as one jitted call per
+batch on the run's mesh, rows sharded over the batch axes, padded to a fixed number of rows and to
+one of a few widths (powers of two up to the model's max_len), so a task compiles a handful of
+programs, not one per request. Generation is
 chat_eval.answer's: greedy or sampled with the KV cache, left-padded batches, stopping early at
 end of text or at a stop string that is one token; lm-eval's stop strings then cut the text.
 
@@ -28,6 +29,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
 from bigjax import chat_eval, parallel
+from bigjax.data import tokenizers
 from bigjax.errors import UserError
 
 MIN_WIDTH = 32
@@ -61,7 +63,7 @@ class BigjaxLM(TemplateLM):
     (after `import bigjax.harness_model`, which registers it), the run's latest checkpoint."""
 
     def __init__(self, config: str = '', workdir: str = '', *, plan=None, params=None,
-                 batch_size=None, add_bos_token: bool = False, seed: int = 0, **_):
+                 batch_size=None, add_bos_token: bool | str | None = None, seed: int = 0, **_):
         super().__init__()
         if plan is None:
             if not (config and workdir):
@@ -82,7 +84,6 @@ class BigjaxLM(TemplateLM):
         rows = int(batch_size) if str(batch_size or '').isdigit() and int(batch_size) > 0 else (
             plan.config.train.eval_batch_size or plan.config.train.batch_size)
         self.batch_size = -(-rows // shards) * shards
-        self.add_bos_token = add_bos_token in (True, 'True', 'true', '1')
         self.rng = jax.random.PRNGKey(seed)
         self.batch_sharding = parallel.batch_sharding(plan.mesh)
         self._score = jax.jit(
@@ -90,7 +91,8 @@ class BigjaxLM(TemplateLM):
             in_shardings=(plan.state_shardings.params,) + (self.batch_sharding,) * 3,
             out_shardings=(self.batch_sharding,) * 2)
         self._template = None
-        self._prefix_id = self._bos_or_eos()  # looked up once: tok_encode and rolling use it
+        self._prefix_id = tokenizers.prompt_start(self.bigjax_tokenizer)
+        self._start_id = self._text_start(add_bos_token)
 
     @property
     def eot_token_id(self) -> int:
@@ -100,23 +102,21 @@ class BigjaxLM(TemplateLM):
     def prefix_token_id(self) -> int:
         return self._prefix_id
 
-    def _bos_or_eos(self) -> int:
-        """The tokenizer's BOS where it names one (as the hf backend), else its end of text: a
-        bigjax document starts after one."""
-        bos = self.bigjax_tokenizer.special_tokens.get('bos_token')
-        if bos:
-            ids = self.bigjax_tokenizer.encode_chats([bos])[0][0]
-            if len(ids) == 1:
-                return int(ids[0])
-        return self.eot_token_id
+    def _text_start(self, add_bos_token) -> int | None:
+        """The id tok_encode puts before a text, as the hf backend's tokenizer: the family's BOS
+        (model arg add_bos_token unset), the prefix token (add_bos_token=True) or none (False)."""
+        if add_bos_token is None:
+            return self.bigjax_tokenizer.bos_id
+        return self.prefix_token_id if str(add_bos_token).lower() in ('true', '1') else None
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **_) -> list[int]:
         """Special tokens written in the text are those tokens, as in transformers' tokenizers
-        (a chat template's markers)."""
+        (a chat template's markers); the text starts with _text_start's id unless
+        add_special_tokens is False or the text already starts with it."""
         ids = [int(i) for i in self.bigjax_tokenizer.encode_chats([string])[0][0]]
-        bos = add_special_tokens if add_special_tokens is not None else self.add_bos_token
-        if bos and ids[:1] != [self.prefix_token_id]:
-            ids.insert(0, self.prefix_token_id)
+        start = None if add_special_tokens is False else self._start_id
+        if start is not None and ids[:1] != [start]:
+            ids.insert(0, start)
         return ids
 
     def tok_decode(self, ids) -> str:

@@ -1,13 +1,12 @@
-"""Hugging Face causal LMs in and out: GPT-2 and Llama-family (Llama, Mistral, Qwen2) checkpoints
-as bigjax TransformerLM options and parameters, and back.
+"""Hugging Face causal-LM checkpoints in and out: the families of bigjax/hf_families.py (GPT-2,
+Llama 1-3.x, Mistral, Qwen2/3, Gemma 2/3) as bigjax TransformerLM parameters, and back.
 
 A Hugging Face folder is what `save_pretrained` writes: config.json and model.safetensors (or
 shards listed in model.safetensors.index.json). Tensors are read one at a time and mapped by
-name; anything bigjax cannot compute exactly (another architecture, rope scaling, sliding
-windows, another activation) is a one-line error naming it. Tensor names and shapes follow
-transformers' own modules: GPT-2's Conv1D weights are (in, out); Llama's Linear weights are
-(out, in), its queries and keys in transformers' rotate-half channel order, which bigjax's
-rotary positions use too.
+name. Tensor names and shapes follow transformers' own modules: GPT-2's Conv1D weights are
+(in, out); the others' Linear weights are (out, in), their queries and keys in transformers'
+rotate-half channel order, which bigjax's rotary positions use too; Gemma's RMSNorm weights
+are stored as the scale minus 1.
 """
 
 import dataclasses
@@ -23,12 +22,9 @@ import numpy as np
 from etils import epath
 
 from bigjax import pytree
+from bigjax.hf_families import GEMMA_FAMILY, transformer_options
 from bigjax.errors import UserError
 
-LLAMA_FAMILY = ('llama', 'mistral', 'qwen2')
-FAMILIES = ('gpt2', *LLAMA_FAMILY)
-GPT2_ACTIVATIONS = ('gelu_new', 'gelu_pytorch_tanh')  # bigjax's 'gelu' is the tanh form
-GPT2_BIAS = ('qkv', 'out', 'up', 'down')
 CONFIG_FILE, WEIGHTS_FILE, INDEX_FILE = 'config.json', 'model.safetensors', \
     'model.safetensors.index.json'
 
@@ -69,106 +65,6 @@ def is_hf_folder(path) -> bool:
 
 def read_config(folder) -> dict:
     return json.loads((epath.Path(folder) / CONFIG_FILE).read_text())
-
-
-def transformer_options(hf_config: dict) -> dict:
-    """model.transformer options of the bigjax TransformerLM that computes what `hf_config`'s
-    model does, plus 'vocab_size'; UserError for what bigjax cannot compute."""
-    family = hf_config.get('model_type')
-    if family not in FAMILIES:
-        raise UserError(f'Hugging Face model_type {family!r} is not supported: bigjax imports '
-                        f'{list(FAMILIES)} causal LMs')
-    if family == 'gpt2':
-        return _gpt2_options(hf_config)
-    return _llama_options(hf_config, family)
-
-
-def _gpt2_options(c: dict) -> dict:
-    if c.get('activation_function', 'gelu_new') not in GPT2_ACTIVATIONS:
-        raise UserError(f"GPT-2 activation_function={c['activation_function']!r}: bigjax's MLP "
-                        f'computes {GPT2_ACTIVATIONS[0]!r} only')
-    for key, wanted in (('scale_attn_weights', True), ('scale_attn_by_inverse_layer_idx', False),
-                        ('add_cross_attention', False), ('tie_word_embeddings', True)):
-        if c.get(key, wanted) != wanted:
-            raise UserError(f'GPT-2 {key}={c[key]!r} is not supported (bigjax computes '
-                            f'{key}={wanted})')
-    width = c['n_embd']
-    return dict(width=width, depth=c['n_layer'], num_heads=c['n_head'], num_kv_heads=0,
-                mlp_dim=c.get('n_inner') or 4 * width, mlp='gelu', norm='layernorm',
-                norm_eps=float(c.get('layer_norm_epsilon', 1e-5)), positions='learned',
-                max_len=c['n_positions'], tied_embeddings=True, bias=GPT2_BIAS,
-                vocab_size=c['vocab_size'])
-
-
-def _llama_options(c: dict, family: str) -> dict:
-    rope = c.get('rope_parameters') or {}
-    scaling = c.get('rope_scaling') or {}
-    rope_type = rope.get('rope_type', scaling.get('rope_type', scaling.get('type', 'default')))
-    if rope_type != 'default':
-        raise UserError(f'{family} rope_type={rope_type!r} (rope scaling) is not supported: '
-                        'bigjax computes plain rotary positions')
-    if c.get('hidden_act', 'silu') != 'silu':
-        raise UserError(f"{family} hidden_act={c['hidden_act']!r}: bigjax's SwiGLU uses 'silu'")
-    if c.get('sliding_window') and (family != 'qwen2' or c.get('use_sliding_window')):
-        raise UserError(f"{family} sliding_window={c['sliding_window']}: bigjax's attention sees "
-                        'every earlier token (no sliding window)')
-    width, heads = c['hidden_size'], c['num_attention_heads']
-    if c.get('head_dim') not in (None, width // heads) or width % heads:
-        raise UserError(f"{family} head_dim={c.get('head_dim')} is not hidden_size / "
-                        f'num_attention_heads = {width / heads:g}, which bigjax assumes')
-    if family == 'qwen2':
-        bias = ('qkv',)  # Qwen2's queries, keys and values have biases; nothing else
-    else:
-        bias = (('qkv', 'out') if c.get('attention_bias') else ()) + (
-            ('up', 'gate', 'down') if c.get('mlp_bias') else ())
-    return dict(width=width, depth=c['num_hidden_layers'], num_heads=heads,
-                num_kv_heads=c.get('num_key_value_heads') or heads,
-                mlp_dim=c['intermediate_size'], mlp='swiglu', norm='rmsnorm',
-                norm_eps=float(c.get('rms_norm_eps', 1e-6)), positions='rope',
-                rope_theta=float(rope.get('rope_theta', c.get('rope_theta', 10_000.0))),
-                max_len=c['max_position_embeddings'],
-                tied_embeddings=bool(c.get('tie_word_embeddings', False)), bias=bias,
-                vocab_size=c['vocab_size'])
-
-
-def hf_config(options: dict, vocab_size: int) -> dict:
-    """The config.json of the Hugging Face model that computes what a bigjax TransformerLM with
-    model.transformer `options` does: GPT-2 (learned positions, LayerNorm, GELU, tied; its
-    biases written as zeros where bigjax has none) or Llama / Qwen2 (rotary positions, RMSNorm,
-    SwiGLU); UserError for other combinations."""
-    o = options
-    heads, kv_heads = o['num_heads'], o['num_kv_heads'] or o['num_heads']
-    if (o['positions'], o['norm'], o['mlp']) == ('learned', 'layernorm', 'gelu'):
-        if not o['tied_embeddings'] or kv_heads != heads or not set(o['bias']) <= set(GPT2_BIAS):
-            raise UserError('export to Hugging Face: a GPT-2 needs tied embeddings, '
-                            'num_kv_heads=0 and no gate bias')
-        return dict(model_type='gpt2', architectures=['GPT2LMHeadModel'], vocab_size=vocab_size,
-                    n_embd=o['width'], n_layer=o['depth'], n_head=heads, n_inner=o['mlp_dim'],
-                    n_positions=o['max_len'], activation_function='gelu_new',
-                    layer_norm_epsilon=o['norm_eps'], tie_word_embeddings=True,
-                    resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    if (o['positions'], o['norm'], o['mlp']) != ('rope', 'rmsnorm', 'swiglu'):
-        raise UserError('export to Hugging Face: the model must be GPT-2-like (learned '
-                        "positions, layernorm, gelu) or Llama-like (rope, rmsnorm, swiglu); it "
-                        f"has positions={o['positions']!r}, norm={o['norm']!r}, mlp={o['mlp']!r}")
-    bias = set(o['bias'])
-    attention, mlp = bias & {'qkv', 'out'}, bias & {'up', 'gate', 'down'}
-    if bias == {'qkv'}:
-        family, extra = 'qwen2', dict(use_sliding_window=False, architectures=['Qwen2ForCausalLM'])
-    elif attention in (set(), {'qkv', 'out'}) and mlp in (set(), {'up', 'gate', 'down'}):
-        family = 'llama'
-        extra = dict(attention_bias=bool(attention), mlp_bias=bool(mlp),
-                     architectures=['LlamaForCausalLM'])
-    else:
-        raise UserError(f"export to Hugging Face: bias={o['bias']} has no Llama-family form "
-                        "(none, ('qkv',), ('qkv', 'out'), or the MLP's three too)")
-    return dict(model_type=family, vocab_size=vocab_size, hidden_size=o['width'],
-                num_hidden_layers=o['depth'], num_attention_heads=heads,
-                num_key_value_heads=kv_heads, head_dim=o['width'] // heads,
-                intermediate_size=o['mlp_dim'], hidden_act='silu',
-                max_position_embeddings=o['max_len'], rms_norm_eps=o['norm_eps'],
-                rope_parameters=dict(rope_type='default', rope_theta=o['rope_theta']),
-                tie_word_embeddings=o['tied_embeddings'], **extra)
 
 
 SAFETENSORS_DTYPES = {'F64': np.float64, 'F32': np.float32, 'F16': np.float16,
@@ -279,12 +175,22 @@ def _gpt2_pairs(o: dict) -> tuple[list, Callable]:
     return top, lambda i: block(f'h.{i}.')
 
 
-def _llama_pairs(o: dict) -> tuple[list, Callable]:
-    """Llama family: Linear weights (out, in); query head h belongs to key/value head h // R."""
+def _rotary_pairs(o: dict, family: str) -> tuple[list, Callable]:
+    """Llama, Mistral, Qwen and Gemma: Linear weights (out, in); query head h belongs to
+    key/value head h // R. Gemma's RMSNorm weights are the scale minus 1; its layer norms sit on
+    both sides of each branch (input, post_attention, pre_ and post_feedforward)."""
     groups = o['num_kv_heads'] or o['num_heads']
-    repeats, k = o['num_heads'] // groups, o['width'] // o['num_heads']
+    repeats = o['num_heads'] // groups
+    k = o.get('head_width') or o['width'] // o['num_heads']
+    gemma = family in GEMMA_FAMILY
+
+    def norm(name, tensor):
+        if not gemma:
+            return _same(name, tensor)
+        return _Pair(name, (tensor,), lambda w: w + 1, lambda scale: (scale - 1,))
+
     top = [_same('token_embedding/embedding', 'model.embed_tokens.weight'),
-           _same('encoder/final_norm/scale', 'model.norm.weight')]
+           norm('encoder/final_norm/scale', 'model.norm.weight')]
     if not o['tied_embeddings']:
         top.append(_same('head/kernel', 'lm_head.weight', transpose=True))
 
@@ -298,13 +204,21 @@ def _llama_pairs(o: dict) -> tuple[list, Callable]:
 
     def block(p):
         a, m = p + 'self_attn.', p + 'mlp.'
-        pairs = [_same('attention_norm/scale', p + 'input_layernorm.weight'),
+        pairs = [norm('attention_norm/scale', p + 'input_layernorm.weight'),
                  _Pair('attention/qkv/kernel', (a + 'q_proj.weight', a + 'k_proj.weight',
                                                 a + 'v_proj.weight'), qkv, split),
                  _Pair('attention/out/kernel', (a + 'o_proj.weight',),
                        lambda w: w.T.reshape(o['num_heads'], k, -1),
-                       lambda w: (w.reshape(o['num_heads'] * k, -1).T,)),
-                 _same('mlp_norm/scale', p + 'post_attention_layernorm.weight')]
+                       lambda w: (w.reshape(o['num_heads'] * k, -1).T,))]
+        if gemma:
+            pairs += [norm('attention_post_norm/scale', p + 'post_attention_layernorm.weight'),
+                      norm('mlp_norm/scale', p + 'pre_feedforward_layernorm.weight'),
+                      norm('mlp_post_norm/scale', p + 'post_feedforward_layernorm.weight')]
+        else:
+            pairs.append(norm('mlp_norm/scale', p + 'post_attention_layernorm.weight'))
+        if o.get('qk_norm'):
+            pairs += [norm('attention/query_norm/scale', a + 'q_norm.weight'),
+                      norm('attention/key_norm/scale', a + 'k_norm.weight')]
         pairs += [_same(f'mlp/{name}/kernel', f'{m}{name}_proj.weight', transpose=True)
                   for name in ('up', 'gate', 'down')]
         if 'qkv' in o['bias']:
@@ -331,7 +245,8 @@ def param_shapes(hf_config: dict, *, scan_layers: bool = False) -> dict:
 
 def _pairs(hf_config: dict) -> tuple[dict, list, Callable]:
     options = transformer_options(hf_config)
-    top, block = (_gpt2_pairs if hf_config['model_type'] == 'gpt2' else _llama_pairs)(options)
+    family = hf_config['model_type']
+    top, block = _gpt2_pairs(options) if family == 'gpt2' else _rotary_pairs(options, family)
     return options, top, block
 
 

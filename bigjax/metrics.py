@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 from bigjax.errors import UserError
+from bigjax.models.attention import soft_cap
 
 TOP_K = 5  # top-k accuracy is reported for classifiers with more than TOP_K classes
 AUC_BINS = 1024
@@ -89,11 +90,13 @@ def lm_eval_sums(logits_BTV: jax.Array, targets_BT: jax.Array, weights_BT: jax.A
     return sums
 
 
-def chunked(sums_fn, hidden_BTD: jax.Array, unembed_DV: jax.Array, targets_BT: jax.Array,
-            weights_BT: jax.Array | None, chunk: int, **kwargs) -> dict[str, jax.Array]:
+def chunked(sums_fn, hidden_BTD: jax.Array, unembed_DV: jax.Array, softcap: float,
+            targets_BT: jax.Array, weights_BT: jax.Array | None, chunk: int, **kwargs
+            ) -> dict[str, jax.Array]:
     """sums_fn(logits, targets, weights, **kwargs) over every position, with the logits
-    (hidden @ unembed, float32) made `chunk` positions at a time and recomputed in the backward
-    pass: at most (B, chunk, V) logits live instead of (B, T, V). Sums add over chunks."""
+    (soft_cap(hidden @ unembed, softcap), float32) made `chunk` positions at a time and
+    recomputed in the backward pass: at most (B, chunk, V) logits live instead of (B, T, V).
+    Sums add over chunks."""
     batch, length, width = hidden_BTD.shape
     weights_BT = _weights(targets_BT, weights_BT)
     to_chunks = lambda x: jnp.swapaxes(x.reshape(batch, length // chunk, chunk, *x.shape[2:]),
@@ -102,8 +105,8 @@ def chunked(sums_fn, hidden_BTD: jax.Array, unembed_DV: jax.Array, targets_BT: j
     @jax.checkpoint
     def add_chunk(sums, chunk_xs):
         hidden_BCD, targets_BC, weights_BC = chunk_xs
-        logits_BCV = jnp.einsum('bcd,dv->bcv', hidden_BCD, unembed_DV,
-                                preferred_element_type=jnp.float32)
+        logits_BCV = soft_cap(jnp.einsum('bcd,dv->bcv', hidden_BCD, unembed_DV,
+                                         preferred_element_type=jnp.float32), softcap)
         return add(sums, sums_fn(logits_BCV, targets_BC, weights_BC, **kwargs)), None
 
     zeros = jax.tree.map(

@@ -43,8 +43,15 @@ def train_flops_per_token(params, cfg, tokens: int, causal: bool) -> float:
 
 
 def attention_flops_per_token(cfg, tokens: int, causal: bool) -> float:
-    """Training FLOPs of attention's two products per token: 12 L T D, half of it causal."""
-    return (6 if causal else 12) * cfg.depth * tokens * cfg.width
+    """Training FLOPs of attention's two products per token: 12 H K times the keys a query sees,
+    summed over layers: T (T/2 causally), or in a local layer of window W at most 2W - 1
+    (W - W^2 / 2T causally)."""
+    def keys(layer: int) -> float:
+        window = min(cfg.window, tokens) if cfg.local(layer) else tokens
+        if causal:
+            return window - window * window / (2 * tokens)
+        return min(tokens, 2 * window - 1) if cfg.local(layer) else tokens
+    return 12 * sum(map(keys, range(cfg.depth))) * cfg.num_heads * cfg.head_dim
 
 
 def peak_flops(configured: float, devices=None) -> float:

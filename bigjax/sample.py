@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from bigjax import plan as plan_lib
+from bigjax.data import tokenizers
 from bigjax.errors import UserError
 from bigjax.models.transformer import TransformerLM
 
@@ -122,7 +123,7 @@ def from_workdir(config, workdir, prompt: str, *, num_tokens: int, temperature: 
                                 answer_tokens=num_tokens,
                                 stop_ids=chat_template.stop_ids(template, tokenizer),
                                 temperature=temperature, top_k=top_k, rng=rng)[0]
-    ids = [tokenizer.eos_id, *tokenizer.encode_batch([prompt])[0]]  # as a document starts
+    ids = [tokenizers.prompt_start(tokenizer), *tokenizer.encode_batch([prompt])[0]]
     out = generate_any_length(plan.model, state.params, jnp.asarray([ids], jnp.int32), rng,
                               num_tokens=num_tokens, temperature=temperature, top_k=top_k)
     return plan.dataset.tokenizer.decode(jax.device_get(out[0, len(ids):]))

@@ -94,10 +94,10 @@ def lm(token_lengths=(None, None), logits_chunk: int = 0, document_eos: int | No
        ) -> Task:
     """Next-token prediction on windows of 'tokens'. token_lengths: the (bytes, characters)
     each id stands for, for bits per byte/character. logits_chunk > 0: the model returns its
-    final states and output layer (features=True) and the loss makes the logits that many
-    positions at a time (metrics.chunked). document_eos: the end-of-document id that separates
-    the documents of a window, which then do not attend to each other (document_segments);
-    batches with their own 'segments' use those."""
+    final states, output layer and logits' soft cap (features=True) and the loss makes the
+    logits that many positions at a time (metrics.chunked). document_eos: the end-of-document
+    id that separates the documents of a window, which then do not attend to each other
+    (document_segments); batches with their own 'segments' use those."""
     eval_sums = functools.partial(metrics.lm_eval_sums, token_bytes_V=token_lengths[0],
                                   token_chars_V=token_lengths[1])
     batch_kwargs = functools.partial(_lm_segments, document_eos=document_eos)

@@ -74,6 +74,7 @@ def _train(plan: plan_lib.Plan, checkpointer: Checkpointer, preemption: Preempti
         state = jax.jit(lambda rng, loaded: finetune.with_loaded(nn.unbox(plan.init(rng)), loaded),
                         out_shardings=plan.state_shardings)(jax.random.PRNGKey(config.seed),
                                                             loaded)
+        del loaded  # the state has its own copy: the import is not held twice for the run
         if plan.load_plan:
             log.info('%s', plan.load_plan.describe())
         window = jax.device_put(metrics.empty_window(), replicated)

@@ -42,6 +42,11 @@ SMOKES = {  # 'script [flags]' (run with --smoke): regular expressions for lines
     'digits_default.py': [r'^seed\s+test accuracy\s+wall time$', rf'^\s+0\s+{N}%\s+{N}s$'],
     'gpu_lm_throughput.py': [r'^\s+size\s+batch\s+tokens/s\s+MFU$',
                              rf'^\s+smoke\s+16\s+{N}\s+{N}$'],
+    'hf_import_memory.py': [rf'^checkpoint: {N} GB bfloat16 in \d+ shards \+ '
+                            r'model\.safetensors\.index\.json, ',
+                            r'^import\s+seconds\s+params\s+on device\s+largest\s+RSS before',
+                            *(rf'^{mode}\s+{N}\s+{N}\s+{N}\s+{N}\s+{N}\s+{N}\s+{N}\s+{N}\s+'
+                              rf'{N}x$' for mode in ('unrolled', 'scan'))],
     'input_pipeline.py': [rf'^cnn_digits \(augmented\)\s+{N}\s+{N}\s+{N}x$',
                           rf'^transformer_cpu\s+{N}\s+{N}\s+{N}x$'],
     'lm_vs_pytorch.py': [rf'^pytorch \(eager, SDPA\)\s+{N}\s+1\.00x\s+-$',

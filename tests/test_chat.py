@@ -29,8 +29,10 @@ CONVERSATIONS = [
 
 def family_folder(tmp_path, family: str):
     """A tokenizer of `family`'s kind (byte-level BPE, or SentencePiece-like for Gemma) with its
-    special tokens and published chat template, saved by transformers."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    special tokens, its BOS before every text where it names one (as Llama 3's, Gemma's and
+    Mistral's tokenizers put it) and published chat template, saved by transformers."""
+    from tokenizers import (Tokenizer, decoders, models, normalizers, pre_tokenizers,
+                            processors, trainers)
     template, specials, named, sentencepiece = FAMILIES[family]
     if sentencepiece:
         tokenizer = Tokenizer(models.BPE(byte_fallback=True, unk_token=None))
@@ -48,6 +50,10 @@ def family_folder(tmp_path, family: str):
     tokenizer.train_from_iterator(CORPUS, trainers.BpeTrainer(
         vocab_size=500, special_tokens=specials + alphabet, show_progress=False,
         initial_alphabet=[] if sentencepiece else pre_tokenizers.ByteLevel.alphabet()))
+    if 'bos_token' in named:
+        bos = named['bos_token']
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f'{bos} $A', special_tokens=[(bos, tokenizer.token_to_id(bos))])
     folder = tmp_path / family
     hf_tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer,
                                                         chat_template=template, **named)
@@ -68,6 +74,7 @@ def cases(family: str):
 def test_templates_render_and_tokenize_exactly_as_transformers(family, tmp_path):
     folder, theirs = family_folder(tmp_path, family)
     ours = tokenizers.PretrainedTokenizer(str(folder))
+    assert [i for i in [ours.bos_id] if i is not None] == theirs('')['input_ids']  # its BOS
     template = chat_template.resolve('', ours)
     assert template.source == FAMILIES[family][0]  # read from chat_template.jinja
     for messages, generation_prompt in cases(family):
@@ -77,6 +84,7 @@ def test_templates_render_and_tokenize_exactly_as_transformers(family, tmp_path)
         expected = theirs.apply_chat_template(messages, add_generation_prompt=generation_prompt,
                                               return_dict=False)
         np.testing.assert_array_equal(ours.encode_chats([text])[0][0], expected)
+        assert list(expected).count(ours.bos_id) <= 1  # a template's own BOS is not doubled
         if generation_prompt:
             np.testing.assert_array_equal(chat_template.prompt_ids(template, ours, messages),
                                           expected)

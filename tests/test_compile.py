@@ -98,3 +98,19 @@ def test_tpu_meshes_follow_the_physical_topology_and_span_slices_with_data():
     config.mesh.data = 1
     with pytest.raises(UserError, match='2 TPU slices need mesh.data to be a multiple of 2'):
         parallel.make_mesh(config.mesh, two_slices)
+
+
+def test_a_gemma_3_with_local_and_global_layers_compiles_for_a_tpu_chip(tmp_path):
+    """Gemma 3's published config.json, made small: five local layers (splash's local mask,
+    window 128 of 256 tokens) to one global (its own rotary base), scanned as one block with a
+    flag per layer, query/key norms, soft-capped logits; LoRA compiles and fits one v5e chip."""
+    published = json.loads((REPO / 'tests' / 'hf_configs' / 'gemma-3-1b-it.json').read_text())
+    (tmp_path / 'config.json').write_text(json.dumps({
+        **published, 'hidden_size': 256, 'intermediate_size': 512, 'num_hidden_layers': 6,
+        'head_dim': 128, 'vocab_size': 1024, 'sliding_window': 128,
+        'final_logit_softcapping': 30.0}))
+    config = load_config('hf_finetune', f'{tmp_path},smoke')
+    config.data.text.seq_len = 255  # inputs of 256 tokens: splash's multiples of 128
+    config.model.transformer.update(scan_layers=True, attention='fused', remat='block')
+    result = aot.compile_config(config, 'v5e-1')
+    assert 0 < result['gib_per_chip']['total'] < result['memory_gib_per_chip']

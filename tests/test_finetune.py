@@ -187,6 +187,7 @@ def test_lora_fine_tuning_trains_only_the_adapters(tmp_path):
     (dict(init_from=dict(step=3)), r'init_from.step=3: .* has steps \[10, 20\]'),
     (dict(init_from=dict(label_words=('5', '6', '7'))), "pool='last'"),
     (dict(init_from=dict(path='', label_words=('5', '6', '7'))), 'set init_from.path'),
+    (dict(lora_trained=('head/.*',)), r'lora_trained=.* and LoRA is off'),
 ])
 def test_bad_init_from_and_patterns_are_clear_errors_before_anything_is_written(
         pretrained_cnn, tmp_path, overrides, message):

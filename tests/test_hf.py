@@ -5,18 +5,19 @@ import json
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from etils import epath
 
-from bigjax import hf, pytree
+from bigjax import hf, hf_families, pytree
 from bigjax.data import tokenizers
 from bigjax.errors import UserError
 from bigjax.models.transformer import TransformerConfig, TransformerLM
 
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
-from hf_models import llama, saved, tokenizer_folder  # noqa: E402  (they import torch)
+from hf_models import family, llama, old_form, saved, tokenizer_folder  # noqa: E402
 
 TOKENS = np.array([[5, 17, 3, 99, 42, 0, 8, 64, 23, 11, 7, 2],
                    [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]])
@@ -56,7 +57,7 @@ def test_imported_models_give_transformers_logits_and_export_back(family, tmp_pa
     model = saved(config, tmp_path / 'hf')
     expected = torch_logits(model)
     hf_config = hf.read_config(tmp_path / 'hf')
-    options = hf.transformer_options(hf_config)
+    options = hf_families.transformer_options(hf_config)
     params = hf.to_params(hf.Tensors(tmp_path / 'hf'), hf_config)
     assert_close(bigjax_logits(params, options), expected)
     scanned = hf.to_params(hf.Tensors(tmp_path / 'hf'), hf_config, scan_layers=True)
@@ -64,7 +65,7 @@ def test_imported_models_give_transformers_logits_and_export_back(family, tmp_pa
 
     out = tmp_path / 'exported'
     out.mkdir()
-    exported_config = hf.hf_config({k: v for k, v in options.items() if k != 'vocab_size'},
+    exported_config = hf_families.hf_config({k: v for k, v in options.items() if k != 'vocab_size'},
                                    options['vocab_size'])
     (out / 'config.json').write_text(json.dumps(exported_config))
     hf.write_safetensors(out / 'model.safetensors', hf.from_params(scanned, exported_config))
@@ -77,7 +78,7 @@ def test_a_bigjax_model_without_biases_exports_as_gpt2_with_zero_biases(tmp_path
     model = TransformerLM(cfg, 100)
     params = nn.unbox(model.init(jax.random.key(0), TOKENS, train=False)['params'])
     options = {field: getattr(cfg, field) for field in cfg.__dataclass_fields__}
-    exported_config = hf.hf_config(options, 100)
+    exported_config = hf_families.hf_config(options, 100)
     assert exported_config['model_type'] == 'gpt2'
     (tmp_path / 'config.json').write_text(json.dumps(exported_config))
     hf.write_safetensors(tmp_path / 'model.safetensors', hf.from_params(params, exported_config))
@@ -86,18 +87,65 @@ def test_a_bigjax_model_without_biases_exports_as_gpt2_with_zero_biases(tmp_path
                                                                 train=False)))
 
 
+FAMILIES = ['llama3', 'llama_linear', 'qwen3_yarn', 'qwen3', 'mistral', 'gemma2', 'gemma3']
+
+
+@pytest.mark.parametrize('name', FAMILIES)
+def test_todays_families_give_transformers_logits_and_generations_and_export_back(name,
+                                                                                  tmp_path):
+    """Each family with its quirks binding on 12-token rows (rope scaling past its original
+    context, windows of 5, soft caps, query/key norms, head widths of their own): logits plain
+    and scanned, greedy generation through the key/value cache token for token, and the export
+    loaded back by transformers; the CPU kernel (attention='fused') too. The config's old
+    top-level form maps to the same options."""
+    from bigjax import sample
+    model = saved(family(name), tmp_path / 'hf')
+    expected = torch_logits(model)
+    hf_config = hf.read_config(tmp_path / 'hf')
+    options = hf_families.transformer_options(hf_config)
+    assert hf_families.transformer_options(old_form(hf_config)) == options
+    params = hf.to_params(hf.Tensors(tmp_path / 'hf'), hf_config)
+    assert_close(bigjax_logits(params, options), expected)
+    assert_close(bigjax_logits(params, options, attention='fused'), expected)  # C++ kernel
+    scanned = hf.to_params(hf.Tensors(tmp_path / 'hf'), hf_config, scan_layers=True)
+    assert_close(bigjax_logits(scanned, options, scan_layers=True), expected)
+
+    vocab_size = options['vocab_size']
+    lm = TransformerLM(TransformerConfig(**{k: v for k, v in options.items()
+                                            if k != 'vocab_size'}, scan_layers=True), vocab_size)
+    ours = sample.generate(lm, scanned, jnp.asarray(TOKENS[:, :4]), jax.random.key(0),
+                           num_tokens=8, temperature=0.0, top_k=0)
+    with torch.no_grad():
+        theirs = model.generate(torch.tensor(TOKENS[:, :4]), max_new_tokens=8, do_sample=False,
+                                min_new_tokens=8, pad_token_id=0)
+    np.testing.assert_array_equal(np.asarray(ours), theirs.numpy())
+
+    out = tmp_path / 'exported'
+    out.mkdir()
+    exported_config = hf_families.hf_config(
+        {k: v for k, v in options.items() if k != 'vocab_size'}, vocab_size)
+    assert exported_config['model_type'] == hf_config['model_type']
+    (out / 'config.json').write_text(json.dumps(exported_config))
+    hf.write_safetensors(out / 'model.safetensors', hf.from_params(scanned, exported_config))
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert_close(torch_logits(reloaded), expected)
+
+
 @pytest.mark.parametrize('config, message', [
     (lambda: transformers.BertConfig(), "model_type 'bert' is not supported"),
-    (lambda: llama(rope_parameters={'rope_type': 'linear', 'factor': 2.0, 'rope_theta': 1e4}),
-     "rope_type='linear'"),
+    (lambda: llama(rope_parameters={'rope_type': 'dynamic', 'factor': 2.0, 'rope_theta': 1e4}),
+     "rope_type='dynamic'"),
     (lambda: llama(hidden_act='gelu'), "hidden_act='gelu'"),
-    (lambda: llama(head_dim=32), 'head_dim=32'),
     (lambda: transformers.GPT2Config(activation_function='relu'), "activation_function='relu'"),
-    (lambda: transformers.MistralConfig(sliding_window=16), 'sliding_window=16'),
+    (lambda: transformers.Qwen2Config(use_sliding_window=True, sliding_window=16,
+                                      max_window_layers=2, num_hidden_layers=4),
+     'layer_types='),
+    (lambda: transformers.Gemma3TextConfig(use_bidirectional_attention=True),
+     'use_bidirectional_attention=True'),
 ])
 def test_what_bigjax_cannot_compute_is_a_one_line_error(config, message):
     with pytest.raises(UserError, match=message.replace('(', r'\(')) as error:
-        hf.transformer_options(config().to_dict())
+        hf_families.transformer_options(config().to_dict())
     assert '\n' not in str(error.value)
 
 

@@ -97,6 +97,70 @@ def test_the_kernel_under_a_mesh_equals_the_reference():
         np.testing.assert_allclose(ours, theirs, atol=2e-5, rtol=1e-5)
 
 
+def windowed_reference(q_BTHK, k_BTGK, v_BTGK, window, segments_BT=None):
+    """softmax over the keys t - window < s <= t (of query t's segment, with ids), directly."""
+    repeats = q_BTHK.shape[2] // k_BTGK.shape[2]
+    k_BTHK, v_BTHK = jnp.repeat(k_BTGK, repeats, axis=2), jnp.repeat(v_BTGK, repeats, axis=2)
+    scores_BHTS = jnp.einsum('bthk,bshk->bhts', q_BTHK, k_BTHK) / np.sqrt(q_BTHK.shape[-1])
+    t_T1, s_1S = jnp.arange(q_BTHK.shape[1])[:, None], jnp.arange(k_BTGK.shape[1])[None, :]
+    mask_BHTS = ((s_1S <= t_T1) & (t_T1 - s_1S < window))[None, None]
+    if segments_BT is not None:
+        mask_BHTS = mask_BHTS & (segments_BT[:, None, :, None] == segments_BT[:, None, None, :])
+    weights_BHTS = jax.nn.softmax(jnp.where(mask_BHTS, scores_BHTS, -jnp.inf), axis=-1)
+    return jnp.einsum('bhts,bshk->bthk', weights_BHTS, v_BTHK)
+
+
+def packed_segments(length):
+    """Two rows of documents whose boundaries fall inside blocks: cuts at 30, 101 and 150 in
+    the first, at 140 in the second."""
+    cuts = ([30, 101, 150], [140])
+    return jnp.stack([jnp.searchsorted(jnp.array(c), jnp.arange(length), side='right')
+                      for c in cuts]).astype(jnp.int32)
+
+
+@pytest.mark.parametrize('segmented', [False, True])
+@pytest.mark.parametrize('window', [1, 37, 64, 130])
+def test_windowed_attention_and_its_gradients_equal_a_direct_reference(window, segmented):
+    """Windows shorter than the length, within a block, a block, and across blocks, on a length
+    that is no multiple of the block, with grouped-query heads, alone and with documents."""
+    q, k, v, cotangent = qkv(2, 200, 4, 2, 16, seed=window)
+    segments_BT = packed_segments(200) if segmented else None
+    fused = jax.jit(lambda q, k, v: jax.vjp(lambda q, k, v: causal_attention.causal_attention(
+        q, k, v, purpose='test', segments_BT=segments_BT, window=window), q, k, v))
+    out, vjp = fused(q, k, v)
+    reference, reference_vjp = jax.vjp(
+        lambda q, k, v: windowed_reference(q, k, v, window, segments_BT), q, k, v)
+    np.testing.assert_allclose(out, reference, atol=1e-5, rtol=1e-5, err_msg='out')
+    for name, ours, theirs in zip(('dq', 'dk', 'dv'), vjp(cotangent), reference_vjp(cotangent)):
+        np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=1e-5, err_msg=name)
+
+
+def test_the_window_skips_the_key_blocks_outside_it():
+    """With W = 64 over four blocks, the last query block never reads key blocks 0 and 1, and
+    key block 0 never meets query blocks 2 and 3: NaN there leaves those results untouched (a
+    visited block would spread it, masked weights being 0 and 0 * NaN NaN)."""
+    q, k, v, dout = qkv(1, 256, 2, 1, 16)
+
+    @jax.jit
+    def attend(v, dout):
+        out, vjp = jax.vjp(lambda q, k, v: causal_attention.causal_attention(
+            q, k, v, purpose='test', window=64), q, k, v)
+        return (out, *vjp(dout))
+
+    out, _, dk, dv = attend(v, dout)
+    poisoned_out = attend(v.at[:, :128].set(jnp.nan), dout)[0]
+    _, _, poisoned_dk, poisoned_dv = attend(v, dout.at[:, 128:].set(jnp.nan))
+    np.testing.assert_array_equal(poisoned_out[:, 192:], out[:, 192:])
+    np.testing.assert_array_equal(poisoned_dk[:, :64], dk[:, :64])
+    np.testing.assert_array_equal(poisoned_dv[:, :64], dv[:, :64])
+
+
+def test_a_negative_window_is_an_error():
+    q, k, v, _ = qkv(1, 64, 2, 1, 16)
+    with pytest.raises(ValueError, match='window must be >= 0'):
+        causal_attention.causal_attention(q, k, v, purpose='test', window=-1)
+
+
 def test_cases_the_kernel_does_not_cover_use_the_reference():
     q, k, v, _ = qkv(2, 64, 4, 2, 8)  # head width 8: not built
     valid = jnp.arange(64)[None, :] < jnp.array([[40], [64]])

@@ -53,6 +53,62 @@ def test_blocked_causal_attention_equals_the_masked_full_computation():
     np.testing.assert_allclose(attention.einops_attention(q, k, v, causal=True), full, atol=1e-5)
 
 
+def direct_attention(q, k, v, window, softcap, segments=None):
+    """Local causal attention written out: query t sees key s when 0 <= t - s < window (and the
+    segments match), scores soft-capped: the reference of every attention path."""
+    k, v = (jnp.repeat(x, q.shape[2] // x.shape[2], axis=2) for x in (k, v))
+    scores = jnp.einsum('bthk,bshk->bhts', q, k) / np.sqrt(q.shape[-1])
+    scores = softcap * jnp.tanh(scores / softcap) if softcap else scores
+    t, s = np.arange(q.shape[1])[:, None], np.arange(k.shape[1])[None, :]
+    allowed = (t >= s) & (t - s < window)
+    if segments is not None:
+        allowed = allowed & (segments[:, None, :, None] == segments[:, None, None, :])
+    weights = jax.nn.softmax(jnp.where(allowed, scores, -1e30), axis=-1)
+    return jnp.einsum('bhts,bshk->bthk', weights, v)
+
+
+@pytest.mark.parametrize('window, softcap', [(37, 1.5), (300, 0.0)])
+def test_every_attention_path_honours_windows_and_soft_caps(window, softcap):
+    """einops (query blocks that skip keys outside the window), jax.nn.dot_product_attention
+    and, in Pallas' interpreter, TPU splash attention (a local mask, the kernel's soft cap):
+    the direct computation's outputs, with packed documents too."""
+    q, k, v = qkv(batch=2, length=256, heads=4, groups=2, width=32)
+    q = q * 3  # scores large enough for the cap to bind
+    segments = 1 + (jnp.arange(256)[None, :] >= jnp.array([[100], [256]]))
+    for ids in (None, segments):
+        expected = direct_attention(q, k, v, window, softcap, ids)
+        masks = dict(query_segments_BT=ids, key_segments_BS=ids, window=window, softcap=softcap)
+        for attend in (attention.einops_attention, attention.library_attention):
+            np.testing.assert_allclose(attend(q, k, v, causal=True, **masks), expected,
+                                       atol=2e-5, err_msg=attend.__name__)
+        splash = attention.splash_attention(q, k, v, causal=True, segments_BT=ids,
+                                            window=window, softcap=softcap, interpret=True)
+        np.testing.assert_allclose(splash, expected, atol=2e-5, err_msg='splash')
+
+
+def test_blocks_of_two_kinds_scan_as_one_and_match_the_unrolled_model():
+    """Gemma-3-like local/global layers (every 3rd global, its own rotary base, scaled): under
+    scan_layers each block's kind is a scanned flag; the logits and a KV-cache decode equal the
+    unrolled model's, whose blocks know their kind statically."""
+    overrides = dict(positions='rope', norm='rmsnorm', mlp='geglu', depth=3, window=5,
+                     global_every=3, rope_local_theta=100.0, rope_scaling='linear',
+                     rope_factor=4.0, qk_norm=True, post_norms=True, embed_scale=True,
+                     attention_softcap=2.0, logit_softcap=5.0, head_width=16)
+    unrolled, params = lm(config(**overrides))
+    scanned = T.TransformerLM(config(**overrides, scan_layers=True), 50)
+    stacked = jax.tree.map(lambda *layers: jnp.stack(layers), *(
+        params['encoder'][f'block{i}'] for i in range(3)))
+    scanned_params = {**params, 'encoder': {'final_norm': params['encoder']['final_norm'],
+                                            'blocks': stacked}}
+    x = tokens((2, 16))
+    np.testing.assert_allclose(scanned.apply({'params': scanned_params}, x, train=False),
+                               unrolled.apply({'params': params}, x, train=False), atol=1e-5)
+    generated = [sample.generate(model, p, x[:, :3], jax.random.PRNGKey(0), num_tokens=12,
+                                 temperature=0.0, top_k=0)
+                 for model, p in ((unrolled, params), (scanned, scanned_params))]
+    np.testing.assert_array_equal(*generated)
+
+
 @pytest.mark.parametrize('overrides', [{}, {'positions': 'rope', 'mlp': 'swiglu',
                                             'norm': 'rmsnorm', 'num_kv_heads': 2},
                                        {'attention': 'dot_product', 'tied_embeddings': False}])
@@ -239,13 +295,16 @@ def test_remat_policies_recompute_as_named_and_keep_the_gradients(remat, policy)
                                rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize('tied', [True, False])
-def test_features_and_output_layer_give_the_logits(tied):
+@pytest.mark.parametrize('tied, cap', [(True, 0.0), (False, 0.0), (False, 0.5)])
+def test_features_and_output_layer_give_the_logits(tied, cap):
     x = tokens((2, 16))
-    model, params = lm(config(tied_embeddings=tied))
-    hidden_BTD, unembed_DV = model.apply({'params': params}, x, train=False, features=True)
-    np.testing.assert_allclose(hidden_BTD @ unembed_DV,
-                               model.apply({'params': params}, x, train=False), atol=1e-5)
+    model, params = lm(config(tied_embeddings=tied, logit_softcap=cap))
+    hidden_BTD, unembed_DV, softcap = model.apply({'params': params}, x, train=False,
+                                                  features=True)
+    logits = model.apply({'params': params}, x, train=False)
+    np.testing.assert_allclose(attention.soft_cap(hidden_BTD @ unembed_DV, softcap), logits,
+                               atol=1e-5)
+    assert softcap == cap and (not cap or np.abs(logits).max() < cap)
 
 
 def test_splash_attention_equals_the_reference_on_a_mesh():

@@ -1,18 +1,20 @@
 """Cleaned documents to token arrays in a cache folder, a chunk at a time, in bounded memory.
 
-Documents are grouped into chunks of about CHUNK_CHARS characters; each chunk is encoded with
-the tokenizer's encode_batch (when that runs on all cores without holding the GIL, as Hugging
-Face's BPE does, the next chunk is read and cleaned meanwhile), packed or padded, and appended to
-.npy files (cache.ArrayWriter). Only a couple of chunks are held at a time, whatever the corpus size.
+Documents are grouped into chunks of about CHUNK_CHARS characters; each chunk is encoded
+(tokenizers.encode_documents: the family's BOS first where it has one; when the tokenizer runs on
+all cores without holding the GIL, as Hugging Face's BPE does, the next chunk is read and cleaned
+meanwhile), packed or padded, and appended to .npy files (cache.ArrayWriter). Only a couple of
+chunks are held at a time, whatever the corpus size.
 """
 
+import functools
 from concurrent import futures
 from typing import Iterable, Iterator
 
 import numpy as np
 from etils import epath
 
-from bigjax.data import cache, text
+from bigjax.data import cache, text, tokenizers
 from bigjax.data.tokenizers import Tokenizer
 
 # Characters encoded at a time (~4 M): enough for encode_batch to keep every core busy, few
@@ -69,18 +71,19 @@ def _labels(labels: list) -> np.ndarray | None:
 
 
 def _encoded(blocks: Blocks, tokenizer: Tokenizer):
-    """(chunk, token ids per document) for each chunk of `blocks`, in order. A tokenizer that
-    encodes in parallel outside the GIL works on a chunk while the next one is read; any other
-    encodes in line (a second Python thread would only contend for the GIL)."""
+    """(chunk, each document's ids: encode_documents) for each chunk of `blocks`, in order. A
+    tokenizer that encodes in parallel outside the GIL works on a chunk while the next one is read;
+    any other encodes in line (a second Python thread would only contend for the GIL)."""
     chunks = _chunks(blocks, CHUNK_CHARS)
+    encode = functools.partial(tokenizers.encode_documents, tokenizer)
     if not tokenizer.encodes_in_parallel:
         for chunk in chunks:
-            yield chunk, tokenizer.encode_batch(chunk[0])
+            yield chunk, encode(chunk[0])
         return
     with futures.ThreadPoolExecutor(1) as worker:
         pending = None
         for chunk in chunks:
-            encoding = worker.submit(tokenizer.encode_batch, chunk[0])
+            encoding = worker.submit(encode, chunk[0])
             if pending:
                 yield pending[0], pending[1].result()
             pending = chunk, encoding

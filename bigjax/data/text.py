@@ -100,7 +100,8 @@ class DigestSet:
 
 
 def token_dtype(vocab_size: int):
-    """The smallest integer type that holds every id: uint16 up to 65,536 ids."""
+    """The smallest integer type that holds every id: uint16 up to 65,536 ids, else int32
+    (Llama 3's 128,256, Gemma 3's 262,144; what the model's input is cast to anyway)."""
     return np.uint16 if vocab_size <= 2 ** 16 else np.int32
 
 

@@ -2,7 +2,8 @@
 BPE trained once and cached, or a Hugging Face model's own tokenizer.json ('hf:FOLDER').
 
 bigjax's own reserve id 0 for padding and id 1 for end-of-document; a model's own has its ids
-(eos_id, pad_id). Byte and BPE round-trip any UTF-8 text
+(eos_id, pad_id, and bos_id where its family starts every text with a BOS, as Llama 3, Gemma and
+Mistral do: documents and prompts then start with it). Byte and BPE round-trip any UTF-8 text
 exactly (whitespace and newlines included, which code needs); characters round-trip any text made
 of the training text's characters (others become one unknown id).
 
@@ -48,8 +49,9 @@ class Tokenizer(Protocol):
     vocab_size: int
     encodes_in_parallel: bool  # encode_batch runs on several cores, outside Python's GIL
     json: str | None  # its Hugging Face tokenizer.json, where it has one (bpe, hf:)
-    eos_id: int  # separates documents (and starts a prompt)
+    eos_id: int  # ends each document (and starts a prompt where there is no bos_id)
     pad_id: int  # fills classification examples
+    bos_id: int | None  # starts every document and prompt, where the family's tokenizer adds one
     special_tokens: dict  # {'bos_token': text, 'eos_token': text, ...} for chat templates
     chat_template: str | None  # its own chat template (a model's), if any
 
@@ -77,7 +79,7 @@ class ByteTokenizer:
     vocab_size = 258
     encodes_in_parallel = False
     json = None
-    eos_id, pad_id = EOS_ID, PAD_ID
+    eos_id, pad_id, bos_id = EOS_ID, PAD_ID, None
     special_tokens, chat_template = OWN_TEMPLATE_TOKENS, None
     _offset = 2
 
@@ -104,7 +106,7 @@ class ByteTokenizer:
 class BpeTokenizer:
     """A byte-level BPE model (Hugging Face `tokenizers`) from its JSON serialisation."""
 
-    eos_id, pad_id = EOS_ID, PAD_ID
+    eos_id, pad_id, bos_id = EOS_ID, PAD_ID, None
     special_tokens, chat_template = OWN_TEMPLATE_TOKENS, None
 
     def __init__(self, json_text: str, memoise: bool | None = None):
@@ -212,7 +214,7 @@ class CharTokenizer:
     _offset = 3
     encodes_in_parallel = False
     json = None
-    eos_id, pad_id = EOS_ID, PAD_ID
+    eos_id, pad_id, bos_id = EOS_ID, PAD_ID, None
     special_tokens, chat_template = OWN_TEMPLATE_TOKENS, None
 
     def __init__(self, chars: str):
@@ -369,9 +371,9 @@ def check(text_config) -> None:
     kind = text_config.tokenizer
     if kind not in ('byte', *LEARNT) and not (kind.startswith(PRETRAINED) and kind[3:].strip()):
         raise UserError(f'data.text.tokenizer={text_config.tokenizer!r} is not one of {TOKENIZERS}')
-    if text_config.tokenizer == 'bpe' and not 258 <= text_config.vocab_size <= 65536:
-        raise UserError(f'data.text.vocab_size={text_config.vocab_size} must be in [258, 65536] '
-                        'for the bpe tokenizer (256 bytes + pad + end-of-document at least)')
+    if text_config.tokenizer == 'bpe' and text_config.vocab_size < 258:
+        raise UserError(f'data.text.vocab_size={text_config.vocab_size} must be >= 258 for the '
+                        'bpe tokenizer (256 bytes + pad + end-of-document)')
     if text_config.tokenizer_sample < 0:
         raise UserError(f'data.text.tokenizer_sample={text_config.tokenizer_sample} must be >= 0 '
                         '(characters a tokenizer learns from; 0 = the whole split)')
@@ -381,7 +383,7 @@ class PretrainedTokenizer:
     """A Hugging Face model's own tokenizer: FOLDER/tokenizer.json, its end-of-text and padding
     tokens from tokenizer_config.json (or config.json's ids; padding defaults to end-of-text), its
     size the model's vocab_size where config.json gives one (embeddings may have spare rows).
-    Documents are encoded without the model's own BOS/EOS; bigjax joins them with eos_id."""
+    A document is its BOS (bos_id, where the family's tokenizer adds one), its text and eos_id."""
 
     encodes_in_parallel = True
 
@@ -417,8 +419,10 @@ class PretrainedTokenizer:
                             'with it')
         pad = token_id('pad')
         self.pad_id = self.eos_id if pad is None else pad
+        self.bos_id = _added_bos(self.json)
         self.vocab_size = max(self._tokenizer.get_vocab_size(), model.get('vocab_size', 0))
-        self.name = f'hf{self.vocab_size}-{hashlib.sha256(self.json.encode()).hexdigest()[:12]}'
+        self.name = (f'hf{self.vocab_size}-{hashlib.sha256(self.json.encode()).hexdigest()[:12]}'
+                     + ('' if self.bos_id is None else f'-bos{self.bos_id}'))
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
         return [np.asarray(e.ids, np.int32)
@@ -450,6 +454,34 @@ class PretrainedTokenizer:
 
 
 SPECIAL_TOKEN_NAMES = ('bos', 'eos', 'unk', 'sep', 'pad', 'cls', 'mask')  # transformers' named
+
+
+def _added_bos(json_text: str) -> int | None:
+    """The id a tokenizer.json's post-processor puts before every text: the special token that
+    starts its TemplateProcessing (alone or in a Sequence), if any. transformers 5 decides by this
+    alone: it drops tokenizer_config.json's add_bos_token where there is a tokenizer.json."""
+    spec = json.loads(json_text).get('post_processor') or {}
+    for processor in spec.get('processors', [spec]):
+        first = (processor.get('single') or [{}])[0]
+        if processor.get('type') == 'TemplateProcessing' and 'SpecialToken' in first:
+            return processor['special_tokens'][first['SpecialToken']['id']]['ids'][0]
+    return None
+
+
+def encode_documents(tokenizer: Tokenizer, texts: list[str]) -> list[np.ndarray]:
+    """Each text's ids as a document starts: after the family's BOS where it has one (the
+    end-of-document id that follows is the packer's)."""
+    ids = tokenizer.encode_batch(texts)
+    if tokenizer.bos_id is None:
+        return ids
+    bos = np.asarray([tokenizer.bos_id], np.int32)
+    return [np.concatenate([bos, i]) for i in ids]
+
+
+def prompt_start(tokenizer: Tokenizer) -> int:
+    """The id a prompt starts with, as a document does: the family's BOS where its tokenizer adds
+    one, else the end of text (a document follows the one before)."""
+    return tokenizer.eos_id if tokenizer.bos_id is None else tokenizer.bos_id
 
 
 def _token_text(token) -> str | None:

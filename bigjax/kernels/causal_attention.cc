@@ -16,6 +16,10 @@
 // segment, so documents packed into one row stay apart: a pair of blocks whose segments cannot
 // meet is skipped, a pair within one segment runs as without ids, and only a pair across a
 // boundary is masked element by element.
+//
+// With a window W > 0 (the `window` attribute; 0: none), query t sees only keys t - W < s <= t:
+// key blocks wholly before every query's window are never visited (work ~ T * W), and only
+// blocks that straddle a window's start are masked element by element.
 
 #include <algorithm>
 #include <atomic>
@@ -270,6 +274,60 @@ void mask_segments(float* s, const int32_t* query_segments, const int32_t* key_s
   }
 }
 
+// Sets the entries of a 64 x 64 block, its keys `distance` blocks before its queries, where the
+// key lies before the query's window (s <= t - W) to `value`.
+void mask_window(float* s, int64_t distance, int64_t window, float value) {
+  for (int r = 0; r < kBlock; ++r) {
+    const int64_t hidden = std::clamp<int64_t>(distance * kBlock + r - window + 1, 0, kBlock);
+    std::fill(s + r * kBlock, s + r * kBlock + hidden, value);
+  }
+}
+
+// Which keys of one row the queries of the same row may see beyond causality: those of their
+// own segment (when segment ids are given) within their window (when W > 0).
+struct Visibility {
+  Visibility(const int32_t* segments, int64_t b, int64_t length, int64_t window)
+      : segments(segments ? segments + b * length : nullptr),
+        ranges(new BlockRange[length / kBlock]),
+        blocks(length / kBlock),
+        window(window),
+        reach(window > 0 ? (window + kBlock - 2) / kBlock : blocks) {
+    if (this->segments) block_ranges(this->segments, blocks, ranges.get());
+  }
+
+  // Key blocks before this one lie wholly before the windows of block qb's queries.
+  int64_t first_key_block(int64_t qb) const { return std::max<int64_t>(0, qb - reach); }
+
+  // Query blocks from this one on have windows that start wholly after key block kb.
+  int64_t query_blocks_end(int64_t kb) const { return std::min(blocks, kb + reach + 1); }
+
+  // How the queries of block qb see the keys of block kb (within reach): not at all (no
+  // segment in common), or with the segment and the window masks each applied only where the
+  // pair straddles a boundary.
+  struct Pair {
+    bool seen, masked_by_segment, masked_by_window;
+    bool partial() const { return masked_by_segment || masked_by_window; }
+  };
+
+  Pair pair(int64_t qb, int64_t kb) const {
+    const Overlap seen = segments ? overlap(ranges[qb], ranges[kb]) : Overlap::kWhole;
+    return {seen != Overlap::kNone, seen == Overlap::kPartial,
+            window > 0 && (qb - kb + 1) * kBlock > window};
+  }
+
+  // Sets the entries of the 64 x 64 block of scores of (qb, kb) that `pair` hides to `value`.
+  void mask(float* s, Pair pair, int64_t qb, int64_t kb, float value) const {
+    if (pair.masked_by_segment)
+      mask_segments(s, segments + qb * kBlock, segments + kb * kBlock, value);
+    if (pair.masked_by_window) mask_window(s, qb - kb, window, value);
+  }
+
+  const int32_t* segments;  // this row's ids, or nullptr
+  std::unique_ptr<BlockRange[]> ranges;
+  int64_t blocks, window;
+  int64_t reach;  // the farthest block distance a query's window reaches back
+};
+
 void row_sums(const float* s, float* sums) {
   for (int r = 0; r < kBlock; ++r) {
     v16 sum{};
@@ -280,7 +338,7 @@ void row_sums(const float* s, float* sums) {
 
 template <int NV>
 void forward(ffi::ThreadPool& pool, const Dims& dims, const float* qkv, const int32_t* segments,
-             float* out, float* lse) {
+             int64_t window, float* out, float* lse) {
   constexpr int K = 16 * NV;
   const int64_t T = dims.length, blocks = T / kBlock, heads = dims.heads();
   const float scale = 1.0f / std::sqrt(static_cast<float>(K));
@@ -290,9 +348,7 @@ void forward(ffi::ThreadPool& pool, const Dims& dims, const float* qkv, const in
     copy_rows(qs.data, query(qkv, dims, h), b, K, scale);
     copy_cols(kt.data, packed(qkv, dims, g, dims.repeats), b, K);
     copy_rows(vs.data, packed(qkv, dims, g, dims.repeats + 1), b, K, 1.0f);
-    const int32_t* row_segments = segments ? segments + b * T : nullptr;
-    std::unique_ptr<BlockRange[]> ranges(new BlockRange[blocks]);
-    if (row_segments) block_ranges(row_segments, blocks, ranges.get());
+    const Visibility visibility(segments, b, T, window);
     const auto out_rows = head(out, dims, h);
     alignas(64) float s[kBlock * kBlock], o[kBlock * K];
     float m[kBlock], l[kBlock], block_max[kBlock], sums[kBlock];
@@ -300,14 +356,13 @@ void forward(ffi::ThreadPool& pool, const Dims& dims, const float* qkv, const in
       std::fill(m, m + kBlock, -INFINITY);
       std::fill(l, l + kBlock, 0.0f);
       std::fill(o, o + kBlock * K, 0.0f);
-      for (int64_t kb = 0; kb <= qb; ++kb) {
-        const Overlap seen = row_segments ? overlap(ranges[qb], ranges[kb]) : Overlap::kWhole;
-        if (seen == Overlap::kNone) continue;
-        const bool diagonal = kb == qb, partial = seen == Overlap::kPartial;
+      for (int64_t kb = visibility.first_key_block(qb); kb <= qb; ++kb) {
+        const Visibility::Pair pair = visibility.pair(qb, kb);
+        if (!pair.seen) continue;
+        const bool diagonal = kb == qb, partial = pair.partial();
         gemm<4>(s, qs.data + qb * kBlock * K, K, 1, kt.data + kb * K * kBlock, kBlock, K,
                 kBlock, false);
-        if (partial)
-          mask_segments(s, row_segments + qb * kBlock, row_segments + kb * kBlock, -INFINITY);
+        if (partial) visibility.mask(s, pair, qb, kb, -INFINITY);
         row_max(s, block_max, diagonal);
         for (int r = 0; r < kBlock; ++r) {
           const float new_max = std::max(m[r], block_max[r]);
@@ -320,7 +375,7 @@ void forward(ffi::ThreadPool& pool, const Dims& dims, const float* qkv, const in
         }
         exponentiate(s, m, diagonal, partial ? nullptr : sums);
         if (partial) {  // masked entries (and rows no key of this block is seen by) count 0
-          mask_segments(s, row_segments + qb * kBlock, row_segments + kb * kBlock, 0.0f);
+          visibility.mask(s, pair, qb, kb, 0.0f);
           row_sums(s, sums);
         }
         for (int r = 0; r < kBlock; ++r) l[r] += sums[r];
@@ -338,7 +393,7 @@ void forward(ffi::ThreadPool& pool, const Dims& dims, const float* qkv, const in
 
 template <int NV>
 void backward(ffi::ThreadPool& pool, const Dims& dims, const float* qkv, const int32_t* segments,
-              const float* out, const float* lse, const float* dout, float* dqkv) {
+              int64_t window, const float* out, const float* lse, const float* dout, float* dqkv) {
   constexpr int K = 16 * NV;
   const int64_t T = dims.length, blocks = T / kBlock, heads = dims.heads();
   const float scale = 1.0f / std::sqrt(static_cast<float>(K));
@@ -350,9 +405,7 @@ void backward(ffi::ThreadPool& pool, const Dims& dims, const float* qkv, const i
     copy_rows(ks.data, keys, b, K, 1.0f);
     copy_cols(kt.data, keys, b, K);
     copy_cols(vt.data, packed(qkv, dims, g, dims.repeats + 1), b, K);
-    const int32_t* row_segments = segments ? segments + b * T : nullptr;
-    std::unique_ptr<BlockRange[]> ranges(new BlockRange[blocks]);
-    if (row_segments) block_ranges(row_segments, blocks, ranges.get());
+    const Visibility visibility(segments, b, T, window);
     alignas(64) float p[kBlock * kBlock], dp[kBlock * kBlock];
     for (int64_t h = g * dims.repeats; h < (g + 1) * dims.repeats; ++h) {
       const float* lse_h = lse + (b * heads + h) * T;
@@ -368,15 +421,14 @@ void backward(ffi::ThreadPool& pool, const Dims& dims, const float* qkv, const i
       for (int64_t kb = 0; kb < blocks; ++kb) {
         float* dk_block = dk_acc.data + kb * kBlock * K;
         float* dv_block = dv_acc.data + kb * kBlock * K;
-        for (int64_t qb = kb; qb < blocks; ++qb) {
-          const Overlap seen = row_segments ? overlap(ranges[qb], ranges[kb]) : Overlap::kWhole;
-          if (seen == Overlap::kNone) continue;
+        for (int64_t qb = kb; qb < visibility.query_blocks_end(kb); ++qb) {
+          const Visibility::Pair pair = visibility.pair(qb, kb);
+          if (!pair.seen) continue;
           const float* q_block = qs.data + qb * kBlock * K;
           const float* do_block = dos.data + qb * kBlock * K;
           gemm<4>(p, q_block, K, 1, kt.data + kb * K * kBlock, kBlock, K, kBlock, false);
           exponentiate(p, lse_h + qb * kBlock, qb == kb, nullptr);
-          if (seen == Overlap::kPartial)
-            mask_segments(p, row_segments + qb * kBlock, row_segments + kb * kBlock, 0.0f);
+          if (pair.partial()) visibility.mask(p, pair, qb, kb, 0.0f);
           // dV += P^T dO;  dP = dO V^T;  dS = P * (dP - delta);  dQ += dS K;  dK += dS^T Qs.
           gemm<NV>(dv_block, p, 1, kBlock, do_block, K, kBlock, kBlock, true);
           gemm<4>(dp, do_block, K, 1, vt.data + kb * K * kBlock, kBlock, K, kBlock, false);
@@ -426,6 +478,13 @@ ffi::Error check_segments(ffi::Buffer<ffi::S32>& segments, const Dims& dims) {
   return ffi::Error::Success();
 }
 
+// A window is a number of keys, 0 for none.
+ffi::Error check_window(int64_t window) {
+  if (window < 0)
+    return ffi::Error::InvalidArgument("causal_attention: window must be >= 0 (0: none)");
+  return ffi::Error::Success();
+}
+
 // Calls f with the kernel's vector count NV (16 * NV = K) as a compile-time constant.
 template <typename F>
 void by_width(int64_t width, F&& f) {
@@ -438,68 +497,75 @@ void by_width(int64_t width, F&& f) {
 }
 
 ffi::Error forward_call(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32>& qkv,
-                        ffi::Buffer<ffi::S32>* segments, ffi::ResultBuffer<ffi::F32>& out,
-                        ffi::ResultBuffer<ffi::F32>& lse) {
+                        ffi::Buffer<ffi::S32>* segments, int64_t window,
+                        ffi::ResultBuffer<ffi::F32>& out, ffi::ResultBuffer<ffi::F32>& lse) {
   Dims dims;
   if (ffi::Error error = dims_of(qkv, dims); error.failure()) return error;
+  if (ffi::Error error = check_window(window); error.failure()) return error;
   if (segments)
     if (ffi::Error error = check_segments(*segments, dims); error.failure()) return error;
   by_width(dims.width, [&](auto nv) {
     forward<decltype(nv)::value>(pool, dims, qkv.typed_data(),
-                                 segments ? segments->typed_data() : nullptr,
+                                 segments ? segments->typed_data() : nullptr, window,
                                  out->typed_data(), lse->typed_data());
   });
   return ffi::Error::Success();
 }
 
 ffi::Error backward_call(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32>& qkv,
-                         ffi::Buffer<ffi::S32>* segments, ffi::Buffer<ffi::F32>& out,
-                         ffi::Buffer<ffi::F32>& lse, ffi::Buffer<ffi::F32>& dout,
-                         ffi::ResultBuffer<ffi::F32>& dqkv) {
+                         ffi::Buffer<ffi::S32>* segments, int64_t window,
+                         ffi::Buffer<ffi::F32>& out, ffi::Buffer<ffi::F32>& lse,
+                         ffi::Buffer<ffi::F32>& dout, ffi::ResultBuffer<ffi::F32>& dqkv) {
   Dims dims;
   if (ffi::Error error = dims_of(qkv, dims); error.failure()) return error;
+  if (ffi::Error error = check_window(window); error.failure()) return error;
   if (segments)
     if (ffi::Error error = check_segments(*segments, dims); error.failure()) return error;
   by_width(dims.width, [&](auto nv) {
     backward<decltype(nv)::value>(pool, dims, qkv.typed_data(),
-                                  segments ? segments->typed_data() : nullptr, out.typed_data(),
-                                  lse.typed_data(), dout.typed_data(), dqkv->typed_data());
+                                  segments ? segments->typed_data() : nullptr, window,
+                                  out.typed_data(), lse.typed_data(), dout.typed_data(),
+                                  dqkv->typed_data());
   });
   return ffi::Error::Success();
 }
 
 ffi::Error forward_impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv,
-                        ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> lse) {
-  return forward_call(pool, qkv, nullptr, out, lse);
+                        ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> lse,
+                        int64_t window) {
+  return forward_call(pool, qkv, nullptr, window, out, lse);
 }
 
 ffi::Error forward_segments_impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv,
                                  ffi::Buffer<ffi::S32> segments, ffi::ResultBuffer<ffi::F32> out,
-                                 ffi::ResultBuffer<ffi::F32> lse) {
-  return forward_call(pool, qkv, &segments, out, lse);
+                                 ffi::ResultBuffer<ffi::F32> lse, int64_t window) {
+  return forward_call(pool, qkv, &segments, window, out, lse);
 }
 
 ffi::Error backward_impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv,
                          ffi::Buffer<ffi::F32> out, ffi::Buffer<ffi::F32> lse,
-                         ffi::Buffer<ffi::F32> dout, ffi::ResultBuffer<ffi::F32> dqkv) {
-  return backward_call(pool, qkv, nullptr, out, lse, dout, dqkv);
+                         ffi::Buffer<ffi::F32> dout, ffi::ResultBuffer<ffi::F32> dqkv,
+                         int64_t window) {
+  return backward_call(pool, qkv, nullptr, window, out, lse, dout, dqkv);
 }
 
 ffi::Error backward_segments_impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv,
                                   ffi::Buffer<ffi::S32> segments, ffi::Buffer<ffi::F32> out,
                                   ffi::Buffer<ffi::F32> lse, ffi::Buffer<ffi::F32> dout,
-                                  ffi::ResultBuffer<ffi::F32> dqkv) {
-  return backward_call(pool, qkv, &segments, out, lse, dout, dqkv);
+                                  ffi::ResultBuffer<ffi::F32> dqkv, int64_t window) {
+  return backward_call(pool, qkv, &segments, window, out, lse, dout, dqkv);
 }
 
 }  // namespace
 
+// Every handler takes the window (int64, 0: none) as the attribute `window`.
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BigjaxCausalAttentionForward, forward_impl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("window"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BigjaxCausalAttentionSegmentsForward, forward_segments_impl,
                               ffi::Ffi::Bind()
@@ -507,7 +573,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(BigjaxCausalAttentionSegmentsForward, forward_segm
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("window"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BigjaxCausalAttentionBackward, backward_impl,
                               ffi::Ffi::Bind()
@@ -516,7 +583,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(BigjaxCausalAttentionBackward, backward_impl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("window"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BigjaxCausalAttentionSegmentsBackward, backward_segments_impl,
                               ffi::Ffi::Bind()
@@ -526,4 +594,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(BigjaxCausalAttentionSegmentsBackward, backward_se
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("window"));

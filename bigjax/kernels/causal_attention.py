@@ -4,12 +4,17 @@ The forward kernel returns the output and each query's log-sum-exp; the backward
 recomputes the weights from them, so no T x T array is ever stored. Inputs are float32 in the
 fused projection's layout; the length is padded to the kernel's block of 64 (padded keys come
 after every real query, so causality hides them). Segment ids (documents packed into a row) keep
-each query to the keys of its own segment. Under a multi-device mesh XLA gathers the inputs for
-the call: the kernel is for CPU training on one device (or process).
+each query to the keys of its own segment; a sliding window of W (Mistral, Gemma local layers)
+to its W latest keys, itself included, and key blocks outside every window are skipped. Under a
+multi-device mesh XLA gathers the inputs for the call: the kernel is for CPU training on one
+device (or process).
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bigjax import kernels
 
@@ -45,14 +50,17 @@ def supports(q_BTHK, k_BSGK) -> bool:
 
 
 def causal_attention(q_BTHK, k_BTGK, v_BTGK, *, purpose: str, qkv_BTGCK=None,
-                     segments_BT=None) -> jax.Array:
+                     segments_BT=None, window: int = 0) -> jax.Array:
     """softmax(q k^T / sqrt(K), causal) v for queries and keys at positions 0..T-1; with
-    segments_BT (int, (B, T)), query t sees key s only where their segment ids are equal.
+    segments_BT (int, (B, T)), query t sees key s only where their segment ids are equal; with
+    window W > 0 (static), only where t - W < s (sliding-window attention; 0: no window).
 
     The kernel reads and writes the fused projection's layout (B, T, G, R + 2, K): per
     key/value head its R query heads, its key and its value. Pass that array as qkv_BTGCK when
     q, k and v are its slices, so the gradient lands in it directly; otherwise it is packed here.
     """
+    if window < 0:
+        raise ValueError(f'causal_attention: window must be >= 0 (0: none), got {window}')
     register(purpose)
     batch, length, heads, width = q_BTHK.shape
     groups = k_BTGK.shape[2]
@@ -64,59 +72,62 @@ def causal_attention(q_BTHK, k_BTGK, v_BTGK, *, purpose: str, qkv_BTGCK=None,
     if padded:
         qkv_BTGCK = jnp.pad(qkv_BTGCK, ((0, 0), (0, padded), (0, 0), (0, 0), (0, 0)))
     if segments_BT is None:
-        return _attend(qkv_BTGCK)[:, :length]
+        return _attend(window, qkv_BTGCK)[:, :length]
     # Padded positions get a segment of their own (-1): only they see each other.
     segments_BT = jnp.pad(segments_BT.astype(jnp.int32), ((0, 0), (0, padded)),
                           constant_values=-1)
-    return _attend_segments(qkv_BTGCK, segments_BT)[:, :length]
+    return _attend_segments(window, qkv_BTGCK, segments_BT)[:, :length]
 
 
-def _forward_call(qkv_BTGCK, *segments):
+def _forward_call(window, qkv_BTGCK, *segments):
     batch, length, groups, slots, width = qkv_BTGCK.shape
     heads = groups * (slots - 2)
     shapes = (jax.ShapeDtypeStruct((batch, length, heads, width), jnp.float32),
               jax.ShapeDtypeStruct((batch, heads, length), jnp.float32))
     target = 'bigjax_causal_attention_segments_fwd' if segments else 'bigjax_causal_attention_fwd'
-    return jax.ffi.ffi_call(target, shapes)(qkv_BTGCK, *segments)
+    return jax.ffi.ffi_call(target, shapes)(qkv_BTGCK, *segments, window=np.int64(window))
 
 
-def _backward_call(qkv_BTGCK, segments, out_BTHK, lse_BHT, dout_BTHK):
+def _backward_call(window, qkv_BTGCK, segments, out_BTHK, lse_BHT, dout_BTHK):
     shape = jax.ShapeDtypeStruct(qkv_BTGCK.shape, jnp.float32)
     target = 'bigjax_causal_attention_segments_bwd' if segments else 'bigjax_causal_attention_bwd'
-    return jax.ffi.ffi_call(target, shape)(qkv_BTGCK, *segments, out_BTHK, lse_BHT, dout_BTHK)
+    return jax.ffi.ffi_call(target, shape)(qkv_BTGCK, *segments, out_BTHK, lse_BHT, dout_BTHK,
+                                           window=np.int64(window))
 
 
-@jax.custom_vjp
-def _attend(qkv_BTGCK):
-    return _forward_call(qkv_BTGCK)[0]
+# The window is static (a model hyperparameter): the first, non-differentiable argument.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _attend(window, qkv_BTGCK):
+    return _forward_call(window, qkv_BTGCK)[0]
 
 
-def _attend_forward(qkv_BTGCK):
-    out_BTHK, lse_BHT = _forward_call(qkv_BTGCK)
+def _attend_forward(window, qkv_BTGCK):
+    out_BTHK, lse_BHT = _forward_call(window, qkv_BTGCK)
     return out_BTHK, (qkv_BTGCK, out_BTHK, lse_BHT)
 
 
-def _attend_backward(residuals, dout_BTHK):
+def _attend_backward(window, residuals, dout_BTHK):
     qkv_BTGCK, out_BTHK, lse_BHT = residuals
-    return (_backward_call(qkv_BTGCK, (), out_BTHK, lse_BHT, dout_BTHK),)
+    return (_backward_call(window, qkv_BTGCK, (), out_BTHK, lse_BHT, dout_BTHK),)
 
 
 _attend.defvjp(_attend_forward, _attend_backward)
 
 
-@jax.custom_vjp
-def _attend_segments(qkv_BTGCK, segments_BT):
-    return _forward_call(qkv_BTGCK, segments_BT)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _attend_segments(window, qkv_BTGCK, segments_BT):
+    return _forward_call(window, qkv_BTGCK, segments_BT)[0]
 
 
-def _attend_segments_forward(qkv_BTGCK, segments_BT):
-    out_BTHK, lse_BHT = _forward_call(qkv_BTGCK, segments_BT)
+def _attend_segments_forward(window, qkv_BTGCK, segments_BT):
+    out_BTHK, lse_BHT = _forward_call(window, qkv_BTGCK, segments_BT)
     return out_BTHK, (qkv_BTGCK, segments_BT, out_BTHK, lse_BHT)
 
 
-def _attend_segments_backward(residuals, dout_BTHK):
+def _attend_segments_backward(window, residuals, dout_BTHK):
     qkv_BTGCK, segments_BT, out_BTHK, lse_BHT = residuals
-    return _backward_call(qkv_BTGCK, (segments_BT,), out_BTHK, lse_BHT, dout_BTHK), None
+    return (_backward_call(window, qkv_BTGCK, (segments_BT,), out_BTHK, lse_BHT, dout_BTHK),
+            None)
 
 
 _attend_segments.defvjp(_attend_segments_forward, _attend_segments_backward)

@@ -22,7 +22,9 @@ from bigjax.models.attention import (
     einops_attention,
     fused_attention,
     library_attention,
+    rope_frequencies,
     rotate,
+    soft_cap,
 )
 from bigjax.models.projection import Projection, projection
 from bigjax.models.transformer_config import DTYPES, REMAT_POLICIES, TransformerConfig
@@ -55,12 +57,41 @@ def _lora(module: nn.Module, cfg: 'TransformerConfig', target: str, x_NI, kernel
     return delta.reshape(x_NI.shape[0], *kernel_out)
 
 
-def _norm(cfg: TransformerConfig, name: str) -> nn.Module:
+def _norm(cfg: TransformerConfig, name: str, axis: str = 'embed') -> nn.Module:
     kwargs = dict(dtype=DTYPES[cfg.dtype], param_dtype=DTYPES[cfg.param_dtype], name=name,
-                  epsilon=cfg.norm_eps, scale_init=_init(nn.initializers.ones, 'embed'))
+                  epsilon=cfg.norm_eps, scale_init=_init(nn.initializers.ones, axis))
     if cfg.norm == 'rmsnorm':
         return nn.RMSNorm(**kwargs)
     return nn.LayerNorm(bias_init=_init(nn.initializers.zeros, 'embed'), **kwargs)
+
+
+def rope(cfg: TransformerConfig, local: bool) -> tuple[jax.Array, float]:
+    """The rotary frequencies and cos/sin scale of a local or a global block: local blocks of a
+    local/global model rotate with rope_local_theta, unscaled; every other block as configured."""
+    if local and cfg.global_every:
+        return rope_frequencies(cfg.head_dim, cfg.rope_local_theta or cfg.rope_theta)
+    return rope_frequencies(
+        cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, cfg.rope_factor,
+        cfg.rope_original_max_len, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor,
+        cfg.rope_beta_fast, cfg.rope_beta_slow, cfg.rope_attention_factor, cfg.rope_truncate)
+
+
+def rope_of_kind(cfg: TransformerConfig, local) -> tuple[jax.Array, float]:
+    """rope() of a block whose kind may be traced (see by_kind): both, selected."""
+    if isinstance(local, bool):
+        return rope(cfg, local)
+    (local_K2, local_scale), (global_K2, global_scale) = rope(cfg, True), rope(cfg, False)
+    scale = global_scale if local_scale == global_scale else jnp.where(
+        local, local_scale, global_scale)
+    return jnp.where(local, local_K2, global_K2), scale
+
+
+def by_kind(local, compute):
+    """compute(local: bool) for a block: `local` a Python bool, or under nn.scan over blocks of
+    both kinds a traced one (then both are traced and lax.cond runs the block's own)."""
+    if isinstance(local, bool):
+        return compute(local)
+    return jax.lax.cond(local, lambda: compute(True), lambda: compute(False))
 
 
 class Attention(nn.Module):
@@ -71,9 +102,11 @@ class Attention(nn.Module):
     causal: bool
 
     @nn.compact
-    def __call__(self, x_BTD, key_valid_BS, positions_BT, segments_BT, *, decode: bool = False):
+    def __call__(self, x_BTD, key_valid_BS, positions_BT, segments_BT, *, local=False,
+                 decode: bool = False):
         """segments_BT: each token's document (None: one); a query sees only its own
-        document's keys, in decoding too (the cache keeps the keys' ids)."""
+        document's keys, in decoding too (the cache keeps the keys' ids). local: whether this
+        block attends to a window (a traced bool under nn.scan over blocks of both kinds)."""
         cfg = self.cfg
         batch, length, width = x_BTD.shape
         x_ND = x_BTD.reshape(batch * length, width)
@@ -92,25 +125,36 @@ class Attention(nn.Module):
                                              'b t g r k -> b t (g r) k'),
                             'batch', 'length', 'heads', 'kv')
         k_BTGK, v_BTGK = qkv_BTGCK[:, :, :, repeats], qkv_BTGCK[:, :, :, repeats + 1]
+        if cfg.qk_norm:
+            q_BTHK = _norm(cfg, 'query_norm', 'kv')(q_BTHK)
+            k_BTGK = _norm(cfg, 'key_norm', 'kv')(k_BTGK)
         if cfg.positions == 'rope':
-            q_BTHK = rotate(q_BTHK, positions_BT, cfg.rope_theta)
-            k_BTGK = rotate(k_BTGK, positions_BT, cfg.rope_theta)
+            frequencies_K2, scale = rope_of_kind(cfg, local)
+            q_BTHK = rotate(q_BTHK, positions_BT, frequencies_K2, scale)
+            k_BTGK = rotate(k_BTGK, positions_BT, frequencies_K2, scale)
+        if cfg.attention_scale:  # every attention path divides the scores by sqrt(K)
+            q_BTHK = q_BTHK * jnp.asarray(cfg.attention_scale * cfg.head_dim ** 0.5,
+                                          q_BTHK.dtype)
         query_offset, key_segments_BS = 0, segments_BT
         if decode:
             k_BTGK, v_BTGK, key_segments_BS, query_offset = self._extend_cache(
                 k_BTGK, v_BTGK, segments_BT)
         masks = dict(key_valid_BS=key_valid_BS, query_segments_BT=segments_BT,
-                     key_segments_BS=None if segments_BT is None else key_segments_BS)
+                     key_segments_BS=None if segments_BT is None else key_segments_BS,
+                     softcap=cfg.attention_softcap)
+        window = lambda kind: cfg.window if kind else 0
         if self.is_mutable_collection('intermediates') and not decode:  # for pictures
-            self.sow('intermediates', 'attention_weights',
-                     attention_weights(q_BTHK, k_BTGK, causal=self.causal, **masks))
+            self.sow('intermediates', 'attention_weights', by_kind(local, lambda kind: (
+                attention_weights(q_BTHK, k_BTGK, causal=self.causal, window=window(kind),
+                                  **masks))))
+        in_place = cfg.positions != 'rope' and not cfg.qk_norm and not cfg.attention_scale
         attend = {'einops': einops_attention, 'dot_product': library_attention,
                   'fused': functools.partial(  # the kernel reads the projection in place
-                      fused_attention, qkv_BTGCK=None if cfg.positions == 'rope' else qkv_BTGCK)
+                      fused_attention, qkv_BTGCK=qkv_BTGCK if in_place else None)
                   }[cfg.attention]
-        out_BTHK = _constrain(attend(q_BTHK, k_BTGK, v_BTGK, causal=self.causal,
-                                     query_offset=query_offset, **masks),
-                              'batch', 'length', 'heads', 'kv')
+        out_BTHK = _constrain(by_kind(local, lambda kind: attend(
+            q_BTHK, k_BTGK, v_BTGK, causal=self.causal, query_offset=query_offset,
+            window=window(kind), **masks)), 'batch', 'length', 'heads', 'kv')
         out_NHK = out_BTHK.reshape(batch * length, cfg.num_heads, cfg.head_dim)
         out_ND = Projection((cfg.num_heads, cfg.head_dim), (width,), ('heads', 'kv', 'embed'),
                             DTYPES[cfg.dtype], DTYPES[cfg.param_dtype], 'out' in cfg.bias,
@@ -144,7 +188,7 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    """up (and gate, for SwiGLU) -> activation -> down, on the flattened tokens."""
+    """up (and gate, for SwiGLU and GeGLU) -> activation -> down, on the flattened tokens."""
 
     cfg: TransformerConfig
 
@@ -166,8 +210,9 @@ class Mlp(nn.Module):
 
         x_ND = x_BTD.reshape(-1, cfg.width)
         h_NF = dense(cfg.mlp_dim, ('embed', 'mlp'), 'up')(x_ND)
-        if cfg.mlp == 'swiglu':
-            h_NF = nn.silu(dense(cfg.mlp_dim, ('embed', 'mlp'), 'gate')(x_ND)) * h_NF
+        if cfg.mlp in ('swiglu', 'geglu'):
+            gate = nn.silu if cfg.mlp == 'swiglu' else nn.gelu  # flax's gelu: the tanh form
+            h_NF = gate(dense(cfg.mlp_dim, ('embed', 'mlp'), 'gate')(x_ND)) * h_NF
         else:
             # Recomputed in the backward pass rather than stored: one pass less over the
             # widest activation (the CPU LM step ~2 % faster, benchmarks/README.md).
@@ -177,23 +222,29 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    """x + attention(norm(x)), then x + mlp(norm(x)), with dropout on each branch. Under
-    nn.scan (`scanned`) it returns (x, None), as a scanned layer must."""
+    """x + attention(norm(x)), then x + mlp(norm(x)), with dropout on each branch (with
+    post_norms each branch's output normed too). `local`: whether it attends to a window; under
+    nn.scan over blocks of both kinds the call's `local_flag` says it instead. Under nn.scan
+    (`scanned`) it returns (x, None), as a scanned layer must."""
 
     cfg: TransformerConfig
     causal: bool
     train: bool
     decode: bool = False
     scanned: bool = False
+    local: bool = False
 
     @nn.compact
-    def __call__(self, x_BTD, key_valid_BS, positions_BT, segments_BT):
-        drop = nn.Dropout(self.cfg.dropout, deterministic=not self.train)
-        y_BTD = Attention(self.cfg, self.causal, name='attention')(
-            _norm(self.cfg, 'attention_norm')(x_BTD), key_valid_BS, positions_BT, segments_BT,
-            decode=self.decode)
-        x_BTD = x_BTD + drop(y_BTD)
-        x_BTD = x_BTD + drop(Mlp(self.cfg, name='mlp')(_norm(self.cfg, 'mlp_norm')(x_BTD)))
+    def __call__(self, x_BTD, key_valid_BS, positions_BT, segments_BT, local_flag=None):
+        cfg = self.cfg
+        drop = nn.Dropout(cfg.dropout, deterministic=not self.train)
+        post = (lambda name: _norm(cfg, name)) if cfg.post_norms else (lambda name: lambda x: x)
+        y_BTD = Attention(cfg, self.causal, name='attention')(
+            _norm(cfg, 'attention_norm')(x_BTD), key_valid_BS, positions_BT, segments_BT,
+            local=self.local if local_flag is None else local_flag, decode=self.decode)
+        x_BTD = x_BTD + drop(post('attention_post_norm')(y_BTD))
+        y_BTD = Mlp(cfg, name='mlp')(_norm(cfg, 'mlp_norm')(x_BTD))
+        x_BTD = x_BTD + drop(post('mlp_post_norm')(y_BTD))
         x_BTD = _constrain(x_BTD, 'batch', 'length', None)
         return (x_BTD, None) if self.scanned else x_BTD
 
@@ -202,7 +253,8 @@ class Encoder(nn.Module):
     """Positions (learned, added here; or rotary, inside attention), blocks, final norm.
 
     With scan_layers the blocks are one nn.scan over stacked parameters ('blocks', leading
-    axis 'layers' of size depth): XLA compiles one block instead of depth copies."""
+    axis 'layers' of size depth): XLA compiles one block instead of depth copies; blocks of
+    two kinds (local and global) get their kind as a scanned flag."""
 
     cfg: TransformerConfig
     causal: bool
@@ -221,17 +273,21 @@ class Encoder(nn.Module):
         if cfg.remat != 'none':
             block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat],
                              prevent_cse=not cfg.scan_layers)
+        kinds = [cfg.local(i) for i in range(cfg.depth)]
         if cfg.scan_layers:
+            mixed = len(set(kinds)) > 1
             layers = nn.scan(block, variable_axes={'params': 0, 'cache': 0, 'intermediates': 0},
                              split_rngs={'params': True, 'dropout': True},
-                             in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+                             in_axes=(nn.broadcast, nn.broadcast, nn.broadcast,
+                                      0 if mixed else nn.broadcast),
                              length=cfg.depth, metadata_params={nn.PARTITION_NAME: 'layers'})
-            x_BTD, _ = layers(cfg, self.causal, train, decode, scanned=True, name='blocks')(
-                x_BTD, key_valid_BS, positions_BT, segments_BT)
+            x_BTD, _ = layers(cfg, self.causal, train, decode, scanned=True, local=kinds[0],
+                              name='blocks')(x_BTD, key_valid_BS, positions_BT, segments_BT,
+                                             jnp.array(kinds) if mixed else None)
         else:
             for i in range(cfg.depth):
-                x_BTD = block(cfg, self.causal, train, decode, name=f'block{i}')(
-                    x_BTD, key_valid_BS, positions_BT, segments_BT)
+                x_BTD = block(cfg, self.causal, train, decode, local=kinds[i],
+                              name=f'block{i}')(x_BTD, key_valid_BS, positions_BT, segments_BT)
         return _norm(cfg, 'final_norm')(x_BTD)
 
 
@@ -263,8 +319,9 @@ class TransformerLM(nn.Module):
     @nn.compact
     def __call__(self, tokens_BT, *, train: bool, decode: bool = False, positions_BT=None,
                  segments_BT=None, features: bool = False):
-        """Logits; or, with `features`, the final states (B, T, D) and the output layer (D, V)
-        in the compute dtype, for a loss that never holds every logit (metrics.chunked)."""
+        """Logits; or, with `features`, the final states (B, T, D), the output layer (D, V) in
+        the compute dtype and the logits' soft cap, for a loss that never holds every logit
+        (metrics.chunked)."""
         cfg = self.cfg
         if positions_BT is None:
             positions_BT = (jnp.broadcast_to(jnp.arange(tokens_BT.shape[1]), tokens_BT.shape)
@@ -272,22 +329,27 @@ class TransformerLM(nn.Module):
         embed = nn.Embed(self.vocab_size, cfg.width, dtype=DTYPES[cfg.dtype],
                          param_dtype=DTYPES[cfg.param_dtype], name='token_embedding',
                          embedding_init=_init(nn.initializers.normal(0.02), 'vocab', 'embed'))
-        x_BTD = _constrain(embed(tokens_BT), 'batch', 'length', None)
+        x_BTD = embed(tokens_BT)
+        if cfg.embed_scale:  # sqrt(width) rounded to the parameters' dtype, as Gemma's is
+            x_BTD = x_BTD * jnp.asarray(cfg.width ** 0.5, DTYPES[cfg.param_dtype]).astype(
+                x_BTD.dtype)
+        x_BTD = _constrain(x_BTD, 'batch', 'length', None)
         x_BTD = Encoder(cfg, causal=True, name='encoder')(x_BTD, None, positions_BT, train, decode,
                                                           segments_BT)
         x_ND = x_BTD.reshape(-1, cfg.width)
         if cfg.tied_embeddings:
             if features:
-                return x_BTD, embed.embedding.T.astype(DTYPES[cfg.dtype])
+                return x_BTD, embed.embedding.T.astype(DTYPES[cfg.dtype]), cfg.logit_softcap
             logits_NV = embed.attend(x_ND)
         else:
             head = Projection((cfg.width,), (self.vocab_size,), ('embed', 'vocab'),
                               DTYPES[cfg.dtype], DTYPES[cfg.param_dtype], name='head')
             if features:
-                return x_BTD, head()
+                return x_BTD, head(), cfg.logit_softcap
             logits_NV = head(x_ND)
-        logits_BTV = logits_NV.reshape(*tokens_BT.shape, self.vocab_size)
-        return _constrain(logits_BTV.astype(jnp.float32), 'batch', 'length', 'vocab')
+        logits_BTV = soft_cap(logits_NV.reshape(*tokens_BT.shape, self.vocab_size).astype(
+            jnp.float32), cfg.logit_softcap)
+        return _constrain(logits_BTV, 'batch', 'length', 'vocab')
 
 
 def _classify(module: nn.Module, cfg: TransformerConfig, num_classes: int, x_BTD, valid_BT,

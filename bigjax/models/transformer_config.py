@@ -9,8 +9,9 @@ from bigjax.errors import UserError
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 NORMS = ('layernorm', 'rmsnorm')
-MLPS = ('gelu', 'swiglu')
+MLPS = ('gelu', 'swiglu', 'geglu')  # geglu: tanh-GELU(gate) * up (Gemma)
 POSITIONS = ('learned', 'rope')
+ROPE_SCALINGS = ('none', 'linear', 'llama3', 'yarn')  # as transformers' rope_type computes them
 ATTENTIONS = ('einops', 'dot_product', 'fused')
 POOLS = ('cls', 'mean', 'last')
 REMAT_POLICIES = {  # model.transformer.remat -> what a block keeps for the backward pass
@@ -29,12 +30,37 @@ class TransformerConfig:
     depth: int = 4
     num_heads: int = 4
     num_kv_heads: int = 0  # 0 = num_heads (multi-head); fewer = grouped-query attention
+    head_width: int = 0  # 0 = width // num_heads (Qwen3, Gemma: their own head_dim)
     mlp_dim: int = 1024
     mlp: str = 'gelu'  # MLPS ('gelu': tanh-approximated, as GPT-2's gelu_new)
     norm: str = 'layernorm'  # NORMS
     norm_eps: float = 1e-6  # added to the variance in every norm (GPT-2, Llama: 1e-5)
     positions: str = 'learned'  # POSITIONS
     rope_theta: float = 10_000.0  # rotary positions' base (Llama 3: 500,000)
+    # Rotary scaling of the global layers (ROPE_SCALINGS), transformers' formulas: 'linear'
+    # (positions / factor), 'llama3' (Llama 3.1+), 'yarn' (Qwen long context)
+    rope_scaling: str = 'none'
+    rope_factor: float = 1.0
+    rope_original_max_len: int = 0  # llama3, yarn: the context the model was pretrained on
+    rope_low_freq_factor: float = 1.0  # llama3
+    rope_high_freq_factor: float = 4.0  # llama3
+    rope_beta_fast: float = 32.0  # yarn
+    rope_beta_slow: float = 1.0  # yarn
+    rope_attention_factor: float = 0.0  # yarn: scales queries and keys; 0 = 0.1 ln(factor) + 1
+    rope_truncate: bool = True  # yarn: correction range rounded to whole dimensions
+    # Local attention: a query sees the `window` latest keys, itself included (0 = all); every
+    # layer local (Mistral), or with global_every = n every n-th layer global (Gemma 2: 2,
+    # Gemma 3: 6), local layers then rotating with rope_local_theta (0 = rope_theta), unscaled
+    window: int = 0
+    global_every: int = 0
+    rope_local_theta: float = 0.0
+    qk_norm: bool = False  # RMS-normalise each head's queries and keys (Qwen3, Gemma 3)
+    post_norms: bool = False  # norms on each branch's output too (Gemma 2/3)
+    embed_scale: bool = False  # token embeddings times sqrt(width) (Gemma)
+    attention_scale: float = 0.0  # scores times this; 0 = head_width ** -0.5 (Gemma:
+    # query_pre_attn_scalar ** -0.5)
+    attention_softcap: float = 0.0  # scores -> cap * tanh(scores / cap); 0 = none (Gemma 2)
+    logit_softcap: float = 0.0  # the same on the output logits (Gemma 2)
     bias: tuple = ()  # projections (PROJECTIONS) with a bias (GPT-2: all; Qwen2: ('qkv',))
     max_len: int = 256  # longest sequence (tokens, or patches + class token for ViT)
     dropout: float = 0.0
@@ -61,21 +87,27 @@ class TransformerConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.width // self.num_heads
+        return self.head_width or self.width // self.num_heads
+
+    def local(self, layer: int) -> bool:
+        """Whether block `layer` attends to a window (see `window`, `global_every`)."""
+        return bool(self.window) and not (self.global_every and
+                                          (layer + 1) % self.global_every == 0)
 
     def check(self) -> None:
         """Raises UserError for inconsistent or unknown options."""
         for field, known in (('mlp', MLPS), ('norm', NORMS), ('positions', POSITIONS),
                              ('attention', ATTENTIONS), ('pool', POOLS), ('remat', REMATS),
+                             ('rope_scaling', ROPE_SCALINGS),
                              ('dtype', DTYPES), ('param_dtype', DTYPES)):
             if getattr(self, field) not in known:
                 raise UserError(f'model.transformer.{field}={getattr(self, field)!r} is not one '
                                 f'of {list(known)}')
         if min(self.width, self.depth, self.num_heads, self.mlp_dim, self.max_len,
-               self.patch_size) < 1 or self.num_kv_heads < 0:
+               self.patch_size) < 1 or min(self.num_kv_heads, self.head_width) < 0:
             raise UserError('model.transformer sizes (width, depth, num_heads, mlp_dim, '
                             'max_len, patch_size) must be >= 1')
-        if self.width % self.num_heads:
+        if self.width % self.num_heads and not self.head_width:
             raise UserError(f'model.transformer.num_heads={self.num_heads} does not divide '
                             f'width={self.width}')
         if self.num_heads % self.kv_heads:
@@ -94,3 +126,11 @@ class TransformerConfig:
         if self.norm_eps <= 0 or self.rope_theta <= 0:
             raise UserError(f'model.transformer.norm_eps={self.norm_eps} and '
                             f'rope_theta={self.rope_theta} must be > 0')
+        if min(self.window, self.global_every, self.rope_local_theta, self.attention_scale,
+               self.attention_softcap, self.logit_softcap) < 0:
+            raise UserError('model.transformer window, global_every, rope_local_theta, '
+                            'attention_scale, attention_softcap and logit_softcap must be >= 0')
+        if self.rope_scaling in ('llama3', 'yarn') and not (
+                self.rope_original_max_len > 0 and self.rope_factor >= 1):
+            raise UserError(f"model.transformer.rope_scaling='{self.rope_scaling}' needs "
+                            'rope_original_max_len > 0 and rope_factor >= 1')
