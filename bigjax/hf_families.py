@@ -253,15 +253,16 @@ def _rotary_family(o: dict) -> tuple[str, dict]:
     return family, extra
 
 
-GEMMA_ONLY = ('post_norms', 'embed_scale', 'attention_scale', 'attention_softcap',
-              'logit_softcap', 'qk_norm', 'window', 'global_every', 'rope_local_theta',
-              'head_width')
+# Options that only some families have a form for (_refuse_extras).
+SOME_FAMILIES_ONLY = ('post_norms', 'embed_scale', 'attention_scale', 'attention_softcap',
+                      'logit_softcap', 'qk_norm', 'window', 'global_every', 'rope_local_theta',
+                      'head_width')
 
 
 def _refuse_extras(o: dict, family: str, allowed: tuple) -> None:
     """UserError for an option set that `family` has no form for."""
     allowed = set(allowed) | ({'head_width'} if family != 'gpt2' else set())
-    extras = [k for k in GEMMA_ONLY if o[k] and k not in allowed]
+    extras = [k for k in SOME_FAMILIES_ONLY if o[k] and k not in allowed]
     if family == 'gpt2' and o['rope_scaling'] != 'none':
         extras.append('rope_scaling')
     if extras:

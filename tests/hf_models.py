@@ -13,19 +13,19 @@ def llama(**overrides):
         'rope_parameters': {'rope_type': 'default', 'rope_theta': 500_000.0}, **overrides})
 
 
-def family(name: str):
+def family(name: str, vocab_size: int = 100):
     """A tiny config of each family bigjax imports, with its quirks switched on and binding on
     tests/test_hf.py's 12-token rows: rope scaling past original_max_position_embeddings, a
     window shorter than the row, soft caps below the scores' and logits' size."""
     tiny = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, vocab_size=100, max_position_embeddings=64)
+                num_key_value_heads=2, vocab_size=vocab_size, max_position_embeddings=64)
     return {
-        'llama3': lambda: llama(rope_parameters={
+        'llama3': lambda: llama(vocab_size=vocab_size, rope_parameters={
             'rope_type': 'llama3', 'rope_theta': 500_000.0, 'factor': 8.0,
             'low_freq_factor': 1.0, 'high_freq_factor': 4.0,
             'original_max_position_embeddings': 8}),
-        'llama_linear': lambda: llama(rope_parameters={'rope_type': 'linear', 'factor': 4.0,
-                                                       'rope_theta': 10_000.0}),
+        'llama_linear': lambda: llama(vocab_size=vocab_size, rope_parameters={
+            'rope_type': 'linear', 'factor': 4.0, 'rope_theta': 10_000.0}),
         'qwen3_yarn': lambda: transformers.Qwen3Config(
             **tiny, head_dim=32, tie_word_embeddings=True, rope_parameters={
                 'rope_type': 'yarn', 'rope_theta': 10_000.0, 'factor': 4.0,

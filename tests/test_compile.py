@@ -111,6 +111,6 @@ def test_a_gemma_3_with_local_and_global_layers_compiles_for_a_tpu_chip(tmp_path
         'final_logit_softcapping': 30.0}))
     config = load_config('hf_finetune', f'{tmp_path},smoke')
     config.data.text.seq_len = 255  # inputs of 256 tokens: splash's multiples of 128
-    config.model.transformer.update(scan_layers=True, attention='fused', remat='block')
+    config.model.transformer.update(scan_layers=True, attention='fused')
     result = aot.compile_config(config, 'v5e-1')
     assert 0 < result['gib_per_chip']['total'] < result['memory_gib_per_chip']

@@ -149,10 +149,11 @@ def test_what_bigjax_cannot_compute_is_a_one_line_error(config, message):
     assert '\n' not in str(error.value)
 
 
-def test_fine_tune_a_hugging_face_llama_with_its_own_tokenizer(tmp_path):
-    """configs/hf_finetune.py:FOLDER,smoke: the weights load, the text is tokenized by the
-    model's tokenizer (documents joined by its end of text), LoRA trains the adapters only,
-    sampling decodes with it, and the export loads back into transformers."""
+def test_fine_tune_a_hugging_face_gemma_3_with_its_own_tokenizer(tmp_path):
+    """configs/hf_finetune.py:FOLDER,smoke on a tiny Gemma 3 (local and global layers, query/key
+    norms, GeGLU): the weights load, the text is tokenized by the model's tokenizer (documents
+    joined by its end of text), LoRA trains the adapters only, sampling decodes with it, and the
+    export loads back into transformers."""
     from bigjax import config as config_lib
     from bigjax import export, sample, train
     from bigjax import plan as plan_lib
@@ -160,7 +161,7 @@ def test_fine_tune_a_hugging_face_llama_with_its_own_tokenizer(tmp_path):
               'class Ham:\n    """A ham."""\n    size = 3\n'] * 40
     folder = tmp_path / 'hf'
     vocab_size = tokenizer_folder(folder, corpus)
-    model = saved(llama(vocab_size=vocab_size), folder)
+    model = saved(family('gemma3', vocab_size=vocab_size), folder)
     config = config_lib.from_file(f'configs/hf_finetune.py:{folder},smoke')
     workdir = tmp_path / 'run'
     train.run(config, workdir)
@@ -178,7 +179,7 @@ def test_fine_tune_a_hugging_face_llama_with_its_own_tokenizer(tmp_path):
     text = sample.from_workdir(config, workdir, 'def ', num_tokens=8, temperature=0.0, top_k=0)
     assert isinstance(text, str) and '<|endoftext|>' not in text
     summary = export.export(config, workdir, tmp_path / 'out', 'hf')
-    assert 'llama model, with its tokenizer (LoRA adapters merged)' in summary
+    assert 'gemma3_text model, with its tokenizer (LoRA adapters merged)' in summary
     assert tokenizers.PretrainedTokenizer(str(tmp_path / 'out')).eos_id == 0  # its own, again
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / 'out').eval()
     merged = plan.model.apply({'params': state.params}, TOKENS % vocab_size, train=False)
