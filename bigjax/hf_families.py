@@ -176,7 +176,8 @@ def hf_config(options: dict, vocab_size: int) -> dict:
                         f"mlp={o['mlp']!r}")
     family, extra = _rotary_family(o)
     head_width = o['head_width'] or o['width'] // heads
-    layer_types = [LOCAL if _local(o, i) else GLOBAL for i in range(o['depth'])]
+    kinds = TransformerConfig(window=o['window'], global_every=o['global_every'])
+    layer_types = [LOCAL if kinds.local(i) else GLOBAL for i in range(o['depth'])]
     config = dict(model_type=family, vocab_size=vocab_size, hidden_size=o['width'],
                   num_hidden_layers=o['depth'], num_attention_heads=heads,
                   num_key_value_heads=kv_heads, head_dim=head_width,
@@ -203,11 +204,6 @@ def hf_config(options: dict, vocab_size: int) -> dict:
 def _whole(x: float):
     """x as an int where it is one (configs that transformers validates want ints)."""
     return round(x) if abs(x - round(x)) < 1e-6 else x
-
-
-def _local(o: dict, layer: int) -> bool:
-    every = o['global_every']
-    return bool(o['window']) and not (every and (layer + 1) % every == 0)
 
 
 def _rotary_family(o: dict) -> tuple[str, dict]:
