@@ -11,7 +11,7 @@ import sys
 
 import ml_collections
 
-from bigjax import finetune, models
+from bigjax import finetune, models, preference
 from bigjax.errors import UserError
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -28,6 +28,7 @@ def default_config() -> ml_collections.ConfigDict:
     # files: 'text_files' (data.paths: comma-separated files or globs), 'image_folder'
     # (data.paths: a folder with a sub-folder per class, or train/ and test/ holding those) or
     # 'chat' (data.paths: conversations in .jsonl/.json/.parquet files or `datasets`; data.chat)
+    # or 'preference' (data.paths: prompt, chosen and rejected answers; train.objective)
     c.data.paths = ''
     c.data.val_fraction = 0.1  # text_files: the last fraction of the characters is the eval split;
     # image_folder without train/ and test/: a fraction of each class, chosen by file name hash;
@@ -129,6 +130,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.microbatches = 1  # gradient accumulation: the batch is split into this many steps
     c.train.logits_chunk = 0  # LMs: > 0 makes the output layer's logits (and loss) this many
     # positions at a time, recomputed in the backward pass: never all (batch, length, vocab)
+    c.train.objective = 'auto'  # 'auto' (the data's own: next tokens, classes; preference pairs:
+    # 'dpo') | 'dpo' | 'ipo': preference objectives on data.name='preference' (bigjax/preference.py)
+    c.train.preference = ml_collections.ConfigDict()
+    c.train.preference.beta = 0.1  # how far the policy may move from the reference
+    c.train.preference.label_smoothing = 0.0  # dpo: the share of pairs assumed mislabelled
     c.train.peak_flops = 0.0  # FLOP/s of all devices for MFU; 0 = chip table, or measured on CPU
     c.train.profile_start_step = 0  # > 0: jax.profiler trace of profile_steps steps from here
     c.train.profile_steps = 5
@@ -225,6 +231,7 @@ def check(config: ml_collections.ConfigDict) -> None:
         raise UserError(f"model.transformer.pool='last' (causal, the last token) is for "
                         f"transformer_classifier; model.name={config.model.name!r} pools with "
                         "'cls' or 'mean'")
+    preference.check(config)
     if config.lora_trained and not finetune.uses_lora(config):
         raise UserError(f'lora_trained={config.lora_trained} names parameters to train beside '
                         'LoRA adapters, and LoRA is off (everything trains): set '

@@ -18,6 +18,7 @@ import jax
 from etils import epath
 
 from bigjax import writers
+from bigjax.data.core import LM_KINDS
 from bigjax.errors import UserError
 
 DIR = 'eval_harness'
@@ -167,7 +168,7 @@ class DuringTraining:
         if train_config.eval_tasks_limit < 0:
             raise UserError(f'train.eval_tasks_limit={train_config.eval_tasks_limit} must be >= 0 '
                             '(0 = every example)')
-        if plan.dataset.kind != 'text_lm':
+        if plan.dataset.kind not in LM_KINDS:
             raise UserError('train.eval_tasks scores language models: leave it empty for '
                             f'{plan.dataset.kind} data')
         self.plan, self.limit = plan, train_config.eval_tasks_limit

@@ -50,8 +50,9 @@ def export(config, workdir, export_dir, export_format: str = 'bigjax') -> str:
         return f'Exported step {step} of {plan.workdir} to {out}: {written}{merged}'
     out.mkdir(parents=True, exist_ok=True)
     checkpointer = ocp.StandardCheckpointer()
+    model_state = {c: t for c, t in state.model_state.items() if c != finetune.REFERENCE}
     checkpointer.save(out / 'state', {'params': params,
-                                      'model_state': jax.device_get(state.model_state)})
+                                      'model_state': jax.device_get(model_state)})
     checkpointer.wait_until_finished()
     workdir_lib.write_config(out, json.loads(merged_config.to_json_best_effort()))
     count = sum(int(np.prod(v.shape)) for v in pytree.flat(params).values())

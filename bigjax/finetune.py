@@ -24,6 +24,8 @@ from bigjax.errors import UserError
 
 log = logging.getLogger('bigjax')
 ADAPTER = re.compile(r'.*_lora_[ab]')  # LoRA adapter parameters (models/transformer.py)
+REFERENCE = 'reference'  # the train state's collection holding a frozen copy of the starting
+# parameters (the reference model of preference objectives without LoRA): never loaded by name
 
 
 def matching(patterns, names, what: str) -> set[str]:
@@ -140,7 +142,8 @@ def _variables(state_tree) -> dict:
     """params and the other model collections of a saved or abstract train state."""
     get = (lambda key: state_tree[key]) if isinstance(state_tree, dict) else (
         lambda key: getattr(state_tree, key))
-    return {'params': get('params'), **(get('model_state') or {})}
+    return {'params': get('params'), **{c: t for c, t in (get('model_state') or {}).items()
+                                        if c != REFERENCE}}
 
 
 def _names(variables: dict) -> dict[str, object]:
@@ -298,15 +301,17 @@ def _placed(array: np.ndarray, sharding) -> jax.Array:
 
 def with_loaded(state, arrays: dict[str, object]):
     """`state` with the named arrays in place of its own, cast to their dtypes (the rest
-    untouched)."""
+    untouched); its frozen reference copy, where it has one, is the parameters so made."""
     def replace(collection: str, tree):
         def leaf(path, old):
             name = pytree.path_name(path)
             key = name if collection == 'params' else f'{collection}:{name}'
             return jnp.asarray(arrays[key]).astype(old.dtype) if key in arrays else old
         return jax.tree_util.tree_map_with_path(leaf, tree)
-    return state.replace(params=replace('params', state.params),
-                         model_state={c: replace(c, t) for c, t in state.model_state.items()})
+    params = replace('params', state.params)
+    model_state = {c: params if c == REFERENCE else replace(c, t)
+                   for c, t in state.model_state.items()}
+    return state.replace(params=params, model_state=model_state)
 
 
 def parameter_counts(params, frozen: Callable[[str], bool]) -> tuple[int, int]:

@@ -29,7 +29,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
 from bigjax import chat_eval, parallel
-from bigjax.data import tokenizers
+from bigjax.data import LM_KINDS, tokenizers
 from bigjax.errors import UserError
 
 MIN_WIDTH = 32
@@ -73,7 +73,7 @@ class BigjaxLM(TemplateLM):
             from bigjax import plan as plan_lib
             plan, state, _ = plan_lib.load_state(config_lib.from_file(config), workdir)
             params = state.params
-        if plan.dataset.kind != 'text_lm' or plan.dataset.tokenizer is None:
+        if plan.dataset.kind not in LM_KINDS or plan.dataset.tokenizer is None:
             raise UserError(f'lm-evaluation-harness scores language models trained on text; '
                             f'data.name={plan.config.data.name!r} with '
                             f'model.name={plan.config.model.name!r} is not one')

@@ -128,22 +128,23 @@ def check_num_classes(logits_shape, num_classes: int) -> None:
 TRAIN_SUMS = ('loss_sum', 'correct', 'count')  # what the training loop's metric window keeps
 
 
-def zero_sums() -> dict[str, jax.Array]:
+def zero_sums(names: tuple = TRAIN_SUMS) -> dict[str, jax.Array]:
     """The training sums of no examples: where accumulation starts."""
-    return {name: jnp.zeros((), jnp.float32) for name in TRAIN_SUMS}
+    return {name: jnp.zeros((), jnp.float32) for name in names}
 
 
-def train_sums(sums: dict) -> dict[str, jax.Array]:
-    """A task's training sums as the metric window (and checkpoints) hold them: 'correct' is NaN
-    for a task that counts none (no accuracy; a regression), other names are left out."""
-    return {'loss_sum': sums['loss_sum'], 'count': sums['count'],
-            'correct': sums.get('correct', jnp.full((), jnp.nan, jnp.float32))}
+def train_sums(sums: dict, names: tuple = TRAIN_SUMS) -> dict[str, jax.Array]:
+    """A task's training sums as the metric window (and checkpoints) hold them: `names` (the
+    task's, tasks.train_sum_names), 'correct' NaN for a task that counts none (no accuracy; a
+    regression); other names are left out."""
+    return {name: sums.get(name, jnp.full((), jnp.nan, jnp.float32)) if name == 'correct'
+            else sums[name] for name in names}
 
 
-def empty_window() -> dict:
+def empty_window(names: tuple = TRAIN_SUMS) -> dict:
     """The training loop's open metric window (saved in checkpoints): sums since the last log
     step, and the first step whose loss was not finite (-1: none)."""
-    return {'sums': zero_sums(), 'nonfinite_step': jnp.full((), -1, jnp.int32)}
+    return {'sums': zero_sums(names), 'nonfinite_step': jnp.full((), -1, jnp.int32)}
 
 
 def add(a: dict, b: dict) -> dict:
@@ -151,8 +152,9 @@ def add(a: dict, b: dict) -> dict:
 
 
 def summarize(sums: dict, kind: str = 'image') -> dict[str, float]:
-    """Host values from (fetched) sums: mean loss, accuracy where 'correct' is counted, the mean
-    of any other '<name>_sum' (a task's own metrics), and whatever else the sums allow:
+    """Host values from (fetched) sums: mean loss, accuracy where 'correct' is counted (named
+    reward_accuracy for preference pairs), the mean of any other '<name>_sum' (a task's own
+    metrics), and whatever else the sums allow:
     perplexity and bits per byte/character for LMs; top-k accuracy, macro precision, recall and
     F1, and ROC-AUC (binary, or macro one-vs-rest) for classifiers."""
     sums = jax.device_get(sums)
@@ -160,7 +162,8 @@ def summarize(sums: dict, kind: str = 'image') -> dict[str, float]:
     values = {name[:-len('_sum')]: float(value) / count for name, value in sums.items()
               if name.endswith('_sum') and np.ndim(value) == 0}
     if np.isfinite(sums.get('correct', np.nan)):
-        values['accuracy'] = float(sums['correct']) / count
+        values['reward_accuracy' if kind == 'text_preference' else 'accuracy'] = float(
+            sums['correct']) / count
     if kind == 'text_lm':
         values['perplexity'] = float(np.exp(min(values['loss'], 80.0)))
         for unit in ('bytes', 'chars'):

@@ -16,7 +16,8 @@ from etils import epath
 
 from bigjax import config as config_lib
 from bigjax import data as data_lib
-from bigjax import finetune, metrics, models, optim, parallel, perf, platform, steps, tasks
+from bigjax import finetune, metrics, models, optim, parallel, perf, platform, preference, steps
+from bigjax import tasks
 from bigjax import workdir as workdir_lib
 from bigjax.checkpoint import Checkpointer
 from bigjax.data import augment
@@ -109,12 +110,14 @@ def plan(config, workdir=None, *, devices=None, read_data: bool = True,
         raise UserError(f'data.augment transforms images and {config.data.name!r} is '
                         f'{dataset.kind} data: leave data.augment at its defaults')
     _check_logits_chunk(config, dataset)
+    reference_copy = preference.needs_copy(config, dataset.kind)
     model = models.build_model(config.model, dataset)
     lora = finetune.uses_lora(config)
     frozen = finetune.frozen_predicate(config) if config.frozen or lora else None
     tx = optim.build_optimizer(config.optim, schedule.total_steps, frozen)
     init = functools.partial(steps.init_state, model=model, tx=tx,
-                             sample_input=tasks.sample_input(dataset), rules=rules, mesh=mesh)
+                             sample_input=tasks.sample_input(dataset), rules=rules, mesh=mesh,
+                             reference_copy=reference_copy)
     boxed_state = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
     abstract_state = nn.unbox(boxed_state)
     finetune.check_patterns(config, abstract_state.params)
@@ -123,11 +126,13 @@ def plan(config, workdir=None, *, devices=None, read_data: bool = True,
         load_plan = finetune.plan_load(config.init_from, abstract_state)
         finetune.check_tokenizer(load_plan, config.data)
         load_plan = finetune.with_label_words(load_plan, config.init_from, dataset)
+        preference.check_load(config, dataset.kind, load_plan)
     flops_per_example, peak = 0.0, 0.0
     if isinstance(model, models.TRANSFORMERS):  # MFU has a formula.
         length = model.sequence_length(tasks.sample_input(dataset).shape)
-        flops_per_example = length * perf.train_flops_per_token(
-            abstract_state.params, model.cfg, length, causal=model.causal)
+        flops_per_example = tasks.sequences_per_example(dataset.kind) * length * (
+            perf.train_flops_per_token(abstract_state.params, model.cfg, length,
+                                       causal=model.causal))
         peak = perf.peak_flops(config.train.peak_flops, devices)
     state_shardings = parallel.state_shardings(boxed_state, mesh, rules)
     parallel.check_divisible(abstract_state.params, state_shardings.params)
@@ -157,7 +162,8 @@ def abstract_checkpoint(run: Plan) -> tuple[Any, Any]:
                          run.abstract_state, run.state_shardings)
     replicated = parallel.replicated(run.mesh)
     window = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
-                          jax.eval_shape(metrics.empty_window))
+                          jax.eval_shape(lambda: metrics.empty_window(
+                              tasks.train_sum_names(run.dataset.kind))))
     return state, window
 
 
@@ -167,6 +173,6 @@ def eval_batch_size(config) -> int:
 
 def _check_logits_chunk(config, dataset) -> None:
     chunk = config.train.logits_chunk
-    if chunk and (dataset.kind != 'text_lm' or chunk < 0 or dataset.seq_len % chunk):
+    if chunk and (dataset.kind not in data_lib.LM_KINDS or chunk < 0 or dataset.seq_len % chunk):
         raise UserError(f'train.logits_chunk={chunk} is for language models and must divide '
                         f'data.text.seq_len={dataset.seq_len} (0 = off)')

@@ -171,7 +171,13 @@ def _training(rows: list[dict], figures: _Figures) -> str:
     out = [figures.add('loss', 'Loss, train (log windows) and eval.', viz.curves, rows,
                        ['loss'], title='loss')]
     eval_keys = [k for k in ('accuracy', 'top5_accuracy', 'f1_macro', 'auc', 'auc_macro',
-                             'bits_per_byte') if any(k in r for r in rows)]
+                             'bits_per_byte', 'reward_accuracy', 'answer_exact_match')
+                 if any(k in r for r in rows)]
+    if any('margin' in r for r in rows):
+        out.append(figures.add('rewards', 'Preference rewards: beta times the log-probability '
+                               'ratio of policy to reference, chosen and rejected answers, and '
+                               'their margin.', viz.curves, rows,
+                               ['chosen_reward', 'rejected_reward', 'margin'], title='rewards'))
     out.append(figures.add('eval_metrics', 'Evaluation metrics against steps.', viz.curves, rows,
                            eval_keys, title='eval metrics', splits=('eval',)))
     out.append(figures.add('learning_rate', 'Learning rate of the schedule.', viz.curves, rows,
@@ -340,6 +346,8 @@ def _data(plan, figures: _Figures) -> str:
     dataset = plan.dataset
     if dataset.kind == 'image':
         return _image_data(plan, figures)
+    if dataset.kind == 'text_preference':
+        return _preference_data(plan, figures)
     if dataset.chat is not None:
         return _chat_data(plan, figures)
     if dataset.kind not in ('text_lm', 'text_classification'):  # a kind of the user's own
@@ -415,6 +423,34 @@ def _chat_data(plan, figures: _Figures) -> str:
             figures.add('token_lengths', 'Tokens per training conversation (after truncation to '
                         f'data.text.seq_len + 1 = {plan.dataset.seq_len + 1}).', viz.histogram,
                         lengths[lengths > 0], title='conversation lengths', xlabel='tokens'))
+
+
+def _preference_data(plan, figures: _Figures) -> str:
+    """What became of the records, the first pairs with their answers marked, and answer
+    lengths."""
+    from bigjax.data import pairs
+    stats, tokenizer = plan.dataset.chat.stats, plan.dataset.tokenizer
+    keys = [k for k in pairs.Counts.__dataclass_fields__ if k != 'first_bad']
+    table = _table(['split'] + keys, [[split] + [stats[split][k] for k in keys]
+                                      for split in ('train', 'eval')])
+    arrays = plan.dataset.train.arrays
+    tokens, weights = np.asarray(arrays['tokens'][:3]), np.asarray(arrays['weights'][:3])
+    shown = []
+    for pair_tokens, pair_weights in zip(tokens, weights):
+        cells = []
+        for label, ids, answer in zip(('chosen', 'rejected'), pair_tokens, pair_weights):
+            end = np.flatnonzero(answer)[-1] + 1  # the answer ends the conversation
+            cells.append(f'<b>{label}</b>\n' + ''.join(
+                f'<span class="learnt">{html.escape(part)}</span>' if learnt else
+                html.escape(part) for part, learnt in _runs(tokenizer, ids[:end], answer[:end])))
+        shown.append(f'<pre class="doc">{cells[0]}</pre><pre class="doc">{cells[1]}</pre>')
+    lengths = np.asarray(arrays['weights'][:4096]).sum(-1)
+    return ('<h3>Preference pairs</h3>' + table +
+            '<h3>Training pairs (the first three; the answers compared marked)</h3>' +
+            ''.join(shown) +
+            figures.add('answer_lengths', 'Tokens per answer, chosen and rejected, in the '
+                        'training pairs.', viz.histogram, lengths.reshape(-1),
+                        title='answer lengths', xlabel='tokens'))
 
 
 def _runs(tokenizer, ids, weights):
@@ -573,7 +609,7 @@ def _attention(plan, forward, state, figures: _Figures) -> str:
 
 def _samples(plan, state) -> str:
     dataset = plan.dataset
-    if dataset.kind != 'text_lm' or dataset.tokenizer is None:
+    if dataset.kind not in data_lib.LM_KINDS or dataset.tokenizer is None:
         return '<p>Not a language model.</p>'
     new_tokens = plan.config.report.sample_tokens
     prompt_length = min(32, plan.model.cfg.max_len // 2)
@@ -581,7 +617,9 @@ def _samples(plan, state) -> str:
         return '<p>report.sample_tokens is 0.</p>'
     tokens = dataset.eval.arrays['tokens']
     picks = np.linspace(0, len(tokens) - 1, num=min(3, len(tokens))).astype(int)
-    prompts = np.asarray(tokens[picks, :prompt_length], np.int32)
+    prompts = np.asarray(tokens[picks, ..., :prompt_length], np.int32)
+    if dataset.kind == 'text_preference':
+        prompts = prompts[:, 0]  # the chosen answers' conversations
     out = sample.generate_any_length(plan.model, state.params, prompts,
                                      jax.random.PRNGKey(plan.config.seed),
                                      num_tokens=new_tokens, temperature=0.8, top_k=0)

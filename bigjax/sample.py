@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from bigjax import plan as plan_lib
-from bigjax.data import tokenizers
+from bigjax.data import LM_KINDS, tokenizers
 from bigjax.errors import UserError
 from bigjax.models.transformer import TransformerLM
 
@@ -105,7 +105,7 @@ def from_workdir(config, workdir, prompt: str, *, num_tokens: int, temperature: 
     a conversation (JSON messages, or a .json file of them), the model's next answer to it in
     the run's chat template, up to its end of turn."""
     plan, state, step = plan_lib.load_state(config, workdir)
-    if plan.dataset.kind != 'text_lm' or plan.dataset.tokenizer is None:
+    if plan.dataset.kind not in LM_KINDS or plan.dataset.tokenizer is None:
         raise UserError(f'--mode=sample needs a language model trained on text; '
                         f'data.name={config.data.name!r} with model.name={config.model.name!r} '
                         'is not one')

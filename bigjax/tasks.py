@@ -5,7 +5,8 @@ optionally the model input one example makes, for initialising parameters. bigja
 are registered here the same way: image / text_classification: class logits against 'label';
 text_lm: next-token logits against the tokens shifted by one, where windows of packed documents
 may carry 'segments' (each token's document: attention stays inside it, and no target crosses
-into the next) and 'weights' (which tokens are learnt: a chat's answers). Evaluation batches
+into the next) and 'weights' (which tokens are learnt: a chat's answers); text_preference: pairs
+of answers under a preference objective (bigjax/preference.py). Evaluation batches
 carry 'mask' (False on padding rows). Metric sums hold at least 'loss_sum' (what training
 minimises, summed over examples or tokens) and 'count' (what it is divided by);
 bigjax/metrics.summarize turns 'correct', 'confusion' and the rest into accuracy, F1 and so on
@@ -20,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from bigjax import data as data_lib
-from bigjax import metrics
+from bigjax import finetune, metrics, preference
 from bigjax.registry import Registry
 
 
@@ -32,6 +33,8 @@ class Task:
     eval_sums: Callable[[jax.Array, dict], dict]  # (model output, batch) -> evaluation sums
     model_kwargs: dict = dataclasses.field(default_factory=dict)  # for the model's call
     batch_kwargs: Callable[[dict], dict] | None = None  # batch -> more keyword inputs (segments)
+    reference: Callable | None = None  # (params, model_state) -> the parameters of a frozen
+    # reference model: the sums then get (outputs, reference outputs) (preference objectives)
 
     def call_kwargs(self, batch: dict) -> dict:
         """Keyword arguments of the model's call on `batch`."""
@@ -42,17 +45,23 @@ class Task:
 class TaskEntry:
     make: Callable  # (dataset, config) -> Task
     sample_input: Callable  # dataset -> one example's model input
+    train_sums: tuple  # the scalar sums the training loop's metric window keeps
+    sequences: float  # model passes an example costs, in training passes of one sequence
 
 
 TASKS = Registry('the dataset kind', 'bigjax.tasks.register')
 
 
 def register(kind: str, make: Callable, *, sample_input: Callable | None = None,
+             train_sums: tuple = metrics.TRAIN_SUMS, sequences: float = 1.0,
              replace: bool = False) -> None:
     """Datasets of `kind` train with `make(dataset, config)`. sample_input(dataset): one
     example's model input, batch of 1 (default: int32 tokens of dataset.seq_len, or float32
-    images of dataset.image_shape)."""
-    TASKS.register(kind, TaskEntry(make, sample_input or _default_sample_input), replace=replace)
+    images of dataset.image_shape). train_sums: the task's scalar sums that training logs (at
+    least loss_sum and count). sequences: an example's training cost in sequences of
+    sample_input (for MFU)."""
+    TASKS.register(kind, TaskEntry(make, sample_input or _default_sample_input, tuple(train_sums),
+                                   sequences), replace=replace)
 
 
 def make_task(dataset: data_lib.Dataset, config) -> Task:
@@ -66,9 +75,18 @@ def sample_input(dataset: data_lib.Dataset) -> jax.Array:
     return TASKS.get(dataset.kind).sample_input(dataset)
 
 
+def train_sum_names(kind: str) -> tuple:
+    """The sums the training loop's metric window (and its checkpoints) keep for `kind`."""
+    return TASKS.get(kind).train_sums
+
+
+def sequences_per_example(kind: str) -> float:
+    return TASKS.get(kind).sequences
+
+
 def tokens_per_example(dataset: data_lib.Dataset) -> int:
     """Tokens an LM trains on per example, for tokens/s; 0 for other kinds."""
-    return dataset.seq_len if dataset.kind == 'text_lm' else 0
+    return {'text_lm': 1, preference.KIND: 2}.get(dataset.kind, 0) * dataset.seq_len
 
 
 def _default_sample_input(dataset: data_lib.Dataset) -> jax.Array:
@@ -111,6 +129,18 @@ def lm(token_lengths=(None, None), logits_chunk: int = 0, document_eos: int | No
     return Task('text_lm', _lm_inputs, on_features(metrics.classification_sums),
                 on_features(eval_sums), model_kwargs={'features': True},
                 batch_kwargs=batch_kwargs)
+
+
+def preference_pairs(objective: str, beta: float, label_smoothing: float = 0.0,
+                     logits_chunk: int = 0, lora: bool = False) -> Task:
+    """Chosen and rejected answers ('tokens', 'weights': (B, 2, L + 1)) scored against a
+    reference model (bigjax/preference.py): the base without its LoRA adapters, or a frozen copy
+    of the starting weights."""
+    sums = functools.partial(preference.sums, objective=objective, beta=beta,
+                             label_smoothing=label_smoothing, chunk=logits_chunk)
+    return Task(preference.KIND, preference.inputs, sums, sums,
+                model_kwargs={'features': True} if logits_chunk else {},
+                reference=preference.without_adapters if lora else preference.frozen_copy)
 
 
 def document_segments(tokens_BT: jax.Array, eos_id: int) -> jax.Array:
@@ -183,6 +213,15 @@ def _make_lm(dataset, config) -> Task:
               eos if config.data.text.document_mask else None)
 
 
+def _make_preference(dataset, config) -> Task:
+    p = config.train.preference
+    return preference_pairs(preference.objective(config, dataset.kind), p.beta,
+                            p.label_smoothing, config.train.logits_chunk,
+                            finetune.uses_lora(config))
+
+
 register('image', _make_images)
 register('text_classification', lambda dataset, config: text_classification(dataset.num_classes))
 register('text_lm', _make_lm)
+register(preference.KIND, _make_preference, train_sums=preference.SUMS,
+         sequences=2 * 4 / 3)  # two answers, each a training pass and a reference forward (1/3)

@@ -64,6 +64,7 @@ def _train(plan: plan_lib.Plan, checkpointer: Checkpointer, preemption: Preempti
                                              jax.process_count(),
                                              indices_only=on_device is not None)
     replicated = parallel.replicated(mesh)
+    sum_names = tasks.train_sum_names(plan.dataset.kind)
     config_json = json.loads(config.to_json_best_effort())
     trainable, total = finetune.parameter_counts(plan.abstract_state.params, plan.frozen)
     log.info('Parameters: %s trainable of %s', f'{trainable:,}', f'{total:,}')
@@ -77,7 +78,7 @@ def _train(plan: plan_lib.Plan, checkpointer: Checkpointer, preemption: Preempti
         del loaded  # the state has its own copy: the import is not held twice for the run
         if plan.load_plan:
             log.info('%s', plan.load_plan.describe())
-        window = jax.device_put(metrics.empty_window(), replicated)
+        window = jax.device_put(metrics.empty_window(sum_names), replicated)
     else:
         _, state, window = resumed
     train_fn = train_program(plan, task)
@@ -125,7 +126,7 @@ def _train(plan: plan_lib.Plan, checkpointer: Checkpointer, preemption: Preempti
                         plan.flops_per_example, plan.peak_flops))
                     writer.write(step, 'train', values)
                     progress.report(step, 'train', values)
-                    window = jax.device_put(metrics.empty_window(), replicated)
+                    window = jax.device_put(metrics.empty_window(sum_names), replicated)
                 if step % schedule.eval_every == 0 or last:
                     final_eval, details = evaluate.values(state, step)
                     writer.write(step, 'eval', final_eval)
@@ -230,7 +231,8 @@ def train_program(plan: plan_lib.Plan, task: tasks.Task):
     return jax.jit(
         functools.partial(_train_and_accumulate, model=plan.model, tx=plan.tx, task=task,
                           rules=plan.rules, mesh=plan.mesh,
-                          microbatches=plan.config.train.microbatches),
+                          microbatches=plan.config.train.microbatches,
+                          train_sums=tasks.train_sum_names(plan.dataset.kind)),
         donate_argnums=(0, 1),
         in_shardings=(plan.state_shardings, replicated, parallel.batch_sharding(plan.mesh),
                       replicated),

@@ -49,6 +49,21 @@ def test_instruction_tuning_compiles_for_a_tpu_from_its_config_alone():
     assert 0 < result['gib_per_chip']['total'] < result['memory_gib_per_chip']
 
 
+def test_lora_dpo_compiles_for_a_tpu_from_its_config_alone():
+    """Preference pairs described without reading them: (2, length) tokens and weights per pair;
+    the DPO step (policy and reference, the adapters off, in one program) compiles for a v5e
+    chip."""
+    config = load_config('dpo_exceptions', 'lora,smoke')
+    config.data.text.seq_len = 255
+    config.model.transformer.update(max_len=256, attention='fused')
+    from bigjax import data
+    assert data.batch_shapes(data.describe(config.data), 16) == {
+        'tokens': ((16, 2, 256), np.dtype(np.uint16)), 'weights': ((16, 2, 256),
+                                                                   np.dtype(np.uint8))}
+    result = aot.compile_config(config, 'v5e-1')
+    assert 0 < result['gib_per_chip']['total'] < result['memory_gib_per_chip']
+
+
 def test_launch_compile_prints_the_figures_and_writes_compile_json(tmp_path):
     out = subprocess.run(
         [sys.executable, 'launch.py', '--config=configs/transformer_tpu.py:smoke',

@@ -6,8 +6,8 @@ TensorFlow and tfds are imported lazily, only when a tfds dataset is opened.
 """
 
 from bigjax.data import describe as _describe
-from bigjax.data import chat, exceptions_chat, image_folder, text_files
-from bigjax.data.core import DATASETS, Dataset, Split, register
+from bigjax.data import chat, exceptions_chat, image_folder, pairs, text_files
+from bigjax.data.core import DATASETS, LM_KINDS, Dataset, Split, register
 from bigjax.data.datasets import open_dataset, synthetic
 from bigjax.data.describe import batch_shapes, describe
 from bigjax.data.iterator import ArrayTrainIterator, eval_batches
@@ -21,3 +21,6 @@ register('image_folder', image_folder.open_image_folder)  # lists the files, dec
 register('chat', chat.open_chat, describe=_describe.chat)
 register('python_exceptions_chat', exceptions_chat.open_exceptions_chat,
          describe=_describe.chat)
+register('preference', pairs.open_preference, describe=_describe.preference)
+register('python_exceptions_preference', exceptions_chat.open_exceptions_preference,
+         describe=_describe.preference)

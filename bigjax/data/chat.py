@@ -74,7 +74,7 @@ def conversation(record, fmt: str) -> list[dict]:
     if fmt == 'auto':
         fmt = detect_format(record)
     if fmt == 'messages':
-        return _messages(record.get('messages'), 'messages')
+        return message_list(record.get('messages'), 'messages')
     if fmt == 'sharegpt':
         turns = record.get('conversations')
         if not isinstance(turns, list) or not turns:
@@ -89,7 +89,8 @@ def conversation(record, fmt: str) -> list[dict]:
         return out
     if fmt == 'prompt_completion':
         prompt, completion = record.get('prompt'), record.get('completion')
-        return (_turns(prompt, 'prompt', 'user') + _turns(completion, 'completion', 'assistant'))
+        return (as_turns(prompt, 'prompt', 'user')
+                + as_turns(completion, 'completion', 'assistant'))
     if fmt == 'alpaca':
         instruction = _text(record.get('instruction'), 'instruction')
         extra = record.get('input') or ''
@@ -119,14 +120,14 @@ def _text(value, field: str) -> str:
     return value
 
 
-def _turns(value, field: str, role: str) -> list[dict]:
+def as_turns(value, field: str, role: str) -> list[dict]:
     """A prompt or completion: a string (one turn of `role`) or a list of messages."""
     if isinstance(value, list):
-        return _messages(value, field)
+        return message_list(value, field)
     return [{'role': role, 'content': _text(value, field)}]
 
 
-def _messages(value, field: str) -> list[dict]:
+def message_list(value, field: str) -> list[dict]:
     if not isinstance(value, list) or not value:
         raise RecordError(f'{field} must be a non-empty list of {{role, content}} messages')
     out = []
@@ -153,7 +154,7 @@ def messages_from_json(value: str) -> list[dict]:
         with open(os.path.expanduser(value), encoding='utf-8') as f:
             value = f.read()
     try:
-        return _messages(json.loads(value), where)
+        return message_list(json.loads(value), where)
     except json.JSONDecodeError as e:
         raise UserError(f'{where} is not JSON ({e.msg}): give a list of {{"role", "content"}} '
                         'messages') from None
@@ -180,7 +181,7 @@ def read(source: str, split: str) -> Iterator[Record]:
     elif kind == 'json':
         with open(source, encoding='utf-8') as f:
             records = _json(f.read())
-        if isinstance(records, _BadJson):
+        if isinstance(records, BadJson):
             raise UserError(f'{source}: {records.message}: a .json chat file holds a JSON list of '
                             'records')
         if not isinstance(records, list):
@@ -200,7 +201,7 @@ def read(source: str, split: str) -> Iterator[Record]:
                         f'`datasets` folder, or {HUB_PREFIX}NAME')
 
 
-class _BadJson:
+class BadJson:
     """A line that is not JSON, kept as a record so the bad-record policy decides."""
 
     def __init__(self, message: str):
@@ -211,7 +212,7 @@ def _json(text: str):
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        return _BadJson(f'not JSON ({e.msg} at column {e.colno})')
+        return BadJson(f'not JSON ({e.msg} at column {e.colno})')
 
 
 def _datasets_module(what: str):
@@ -323,7 +324,7 @@ def tokenize_records(records: Iterator[Record], fmt: str, template, tokenizer, t
         for location, record in chunk:
             counts.records += 1
             try:
-                if isinstance(record, _BadJson):
+                if isinstance(record, BadJson):
                     raise RecordError(record.message)
                 messages = conversation(record, fmt)
                 out.append((location, messages, *template.learnt_spans(messages, train_on)))
@@ -380,9 +381,17 @@ def check(data_config) -> None:
 def open_chat(data_config) -> Dataset:
     """data.name='chat': the conversations of data.paths (and data.chat.eval_paths)."""
     check(data_config)
+    return conversations('chat', data_config, *file_records(data_config),
+                         text_files.cache_dir(data_config, 'chat'))
+
+
+def file_records(data_config) -> tuple[Callable, Callable, dict]:
+    """(train records, eval records, what identifies them for the cache) of data.paths and
+    data.chat.eval_paths: the eval split is those, or the records of data.paths whose digest
+    falls in data.val_fraction."""
     if data_config.classes or data_config.train_per_class:
         raise UserError('data.classes and data.train_per_class select classification examples; '
-                        'chat files have no classes')
+                        f'{data_config.name} files have no classes')
     train_sources = expand(data_config.paths)
     eval_sources = expand(data_config.chat.eval_paths) if data_config.chat.eval_paths else []
     fraction = data_config.val_fraction
@@ -390,7 +399,7 @@ def open_chat(data_config) -> Dataset:
     def train_records() -> Iterator[Record]:
         for source in train_sources:
             for location, record in read(source, data_config.train_split):
-                if eval_sources or not held_out(_plain(record), fraction):
+                if eval_sources or not held_out(plain(record), fraction):
                     yield location, record
 
     def eval_records() -> Iterator[Record]:
@@ -400,18 +409,17 @@ def open_chat(data_config) -> Dataset:
             return
         for source in train_sources:
             for location, record in read(source, data_config.train_split):
-                if held_out(_plain(record), fraction):
+                if held_out(plain(record), fraction):
                     yield location, record
 
     identity = {'sources': signature(train_sources), 'eval_sources': signature(eval_sources),
                 'train_split': data_config.train_split, 'eval_split': data_config.eval_split,
                 'val_fraction': fraction if not eval_sources else None}
-    return conversations('chat', data_config, train_records, eval_records, identity,
-                         text_files.cache_dir(data_config, 'chat'))
+    return train_records, eval_records, identity
 
 
-def _plain(record):
-    return record.message if isinstance(record, _BadJson) else record
+def plain(record):
+    return record.message if isinstance(record, BadJson) else record
 
 
 def conversations(name: str, data_config, train_records: Callable[[], Iterator[Record]],
@@ -423,7 +431,7 @@ def conversations(name: str, data_config, train_records: Callable[[], Iterator[R
     tokenizer = chat_tokenizer(data_config)
     template = chat_template.resolve(c.template, tokenizer)
     length = t.seq_len + 1
-    key = {**identity, 'format': c.format, 'template': _digest(template.source),
+    key = {**identity, 'format': c.format, 'template': digest(template.source),
            'special_tokens': dict(template.special_tokens), 'tokenizer': tokenizer.name,
            'seq_len': t.seq_len, 'train_on': c.train_on, 'pack': c.pack,
            'bad_records': c.bad_records, 'eval_generations': c.eval_generations,
@@ -439,7 +447,7 @@ def conversations(name: str, data_config, train_records: Callable[[], Iterator[R
             for location, messages, ids, weights in tokenize_records(
                     records(), c.format, template, tokenizer, c.train_on, c.bad_records, counts):
                 if split == 'eval' and len(generation) < c.eval_generations:
-                    generation.append(_generation_example(messages, template, tokenizer))
+                    generation.append(generation_example(messages, template, tokenizer))
                 if len(ids) > length:
                     counts.truncated += 1
                     ids, weights = ids[:length], weights[:length]
@@ -474,7 +482,7 @@ def conversations(name: str, data_config, train_records: Callable[[], Iterator[R
                    token_arrays=packing.ARRAYS, chat=chat)
 
 
-def _generation_example(messages: list[dict], template, tokenizer) -> dict | None:
+def generation_example(messages: list[dict], template, tokenizer) -> dict | None:
     """A held-out prompt: the conversation before its last message, when that is an answer."""
     if messages[-1].get('role') != 'assistant' or 'content' not in messages[-1]:
         return None
@@ -504,7 +512,7 @@ def _describe(counts: Counts, stats: dict | None = None) -> str:
     return '; '.join(parts)
 
 
-def _digest(text: str) -> str:
+def digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -3,7 +3,8 @@
 `register(name, open_fn)` makes data.name=name open `open_fn(data config) -> Dataset`; bigjax's
 own (synthetic, text_files, image_folder) are registered the same way (bigjax/data/__init__.py).
 Any other name is a tfds dataset (datasets.py). A Dataset's kind picks its task (bigjax.tasks):
-'image', 'text_lm', 'text_classification', or a kind of your own with a task registered for it.
+'image', 'text_lm', 'text_classification', 'text_preference' (pairs of answers), or a kind of
+your own with a task registered for it.
 """
 
 import dataclasses
@@ -14,6 +15,8 @@ import numpy as np
 
 from bigjax.data import tokenizers
 from bigjax.registry import Registry
+
+LM_KINDS = ('text_lm', 'text_preference')  # kinds a language model trains on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +51,8 @@ class Dataset:
     tokenizer: tokenizers.Tokenizer | None = None  # text kinds (None for synthetic tokens)
     token_arrays: tuple = ('tokens',)  # text_lm: the arrays an example has per token (packed
     # conversations add 'segments' and 'weights', bigjax.data.packing)
-    chat: object = None  # chat data: bigjax.data.chat.Chat (template, held-out prompts)
+    chat: object = None  # chat and preference data: bigjax.data.chat.Chat (template, held-out
+    # prompts)
 
 
 @dataclasses.dataclass(frozen=True)

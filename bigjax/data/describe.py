@@ -49,6 +49,13 @@ def chat(data_config) -> Dataset:
     return dataclasses.replace(_text(data_config, 'lm', ()), token_arrays=packing.ARRAYS)
 
 
+def preference(data_config) -> Dataset:
+    """Preference data described: pairs of answers (tokens, weights: (2, seq_len + 1))."""
+    from bigjax.data import pairs
+    return dataclasses.replace(_text(data_config, 'lm', ()), kind=pairs.KIND,
+                               token_arrays=pairs.ARRAYS)
+
+
 def _selected(dataset: Dataset, data_config) -> Dataset:
     """The classes data.classes keeps (datasets.select, without reading the examples)."""
     classes = tuple(data_config.classes)
@@ -86,11 +93,12 @@ def batch_shapes(dataset: Dataset, batch_size: int, *, eval_batch: bool = False
     if dataset.kind == 'image':
         shapes = {'image': ((batch_size, *dataset.image_shape), np.dtype(np.uint8)),
                   'label': ((batch_size,), np.dtype(np.int32))}
-    elif dataset.kind in ('text_lm', 'text_classification'):
-        length = dataset.seq_len + (1 if dataset.kind == 'text_lm' else 0)
+    elif dataset.kind in ('text_lm', 'text_classification', 'text_preference'):
+        length = dataset.seq_len + (0 if dataset.kind == 'text_classification' else 1)
+        row = (2, length) if dataset.kind == 'text_preference' else (length,)  # answer pairs
         dtypes = {'tokens': text.token_dtype(dataset.vocab_size),
                   'segments': text.token_dtype(length + 1), 'weights': np.uint8}
-        shapes = {name: ((batch_size, length), np.dtype(dtypes[name]))
+        shapes = {name: ((batch_size, *row), np.dtype(dtypes[name]))
                   for name in dataset.token_arrays}
         if dataset.kind == 'text_classification':
             shapes['label'] = ((batch_size,), np.dtype(np.int32))

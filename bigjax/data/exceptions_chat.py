@@ -8,11 +8,17 @@ so a generated answer is right when it is exactly that name (data.chat.scorer='e
 data.train_split and data.eval_split are python_exceptions' splits (train, validation, test:
 files an LM pretrained on python_stdlib's train split never saw); data.train_per_class keeps the
 first N training clauses of each exception, as the classifier studies do.
+
+data.name='python_exceptions_preference' asks the same questions as preference pairs: the right
+name chosen, a wrong one rejected (another exception, picked by the digest of the code, so the
+pairs are the same on every machine).
 """
+
+import hashlib
 
 import numpy as np
 
-from bigjax.data import chat, datasets, sources, text_files
+from bigjax.data import chat, datasets, pairs, sources, text_files
 from bigjax.data.python_exceptions import EXCEPTIONS
 from bigjax.errors import UserError
 
@@ -45,9 +51,34 @@ def records(builder, tfds_split, per_class: int = 0):
                 {'role': 'assistant', 'content': EXCEPTIONS[label]}]}
 
 
+def wrong_answer(code: str, label: int) -> str:
+    """An exception other than the right one, the same for the same code everywhere."""
+    others = [name for i, name in enumerate(EXCEPTIONS) if i != label]
+    return others[int(hashlib.sha256(code.encode()).hexdigest()[:8], 16) % len(others)]
+
+
+def preference_records(builder, tfds_split, per_class: int = 0):
+    """(location, preference record) of each clause `records` yields: the question as the
+    prompt, its exception chosen and `wrong_answer` rejected."""
+    for location, record in records(builder, tfds_split, per_class):
+        question_message, answer = record['messages']
+        label = EXCEPTIONS.index(answer['content'])
+        yield location, {'prompt': question_message['content'], 'chosen': answer['content'],
+                         'rejected': wrong_answer(question_message['content'], label)}
+
+
 def open_exceptions_chat(data_config):
+    return _open(data_config, 'python_exceptions_chat', records, chat.conversations)
+
+
+def open_exceptions_preference(data_config):
+    return _open(data_config, 'python_exceptions_preference', preference_records,
+                 pairs.preference_pairs)
+
+
+def _open(data_config, name: str, make_records, pipeline):
     if data_config.classes:
-        raise UserError('data.classes: python_exceptions_chat asks about every exception; '
+        raise UserError(f'data.classes: {name} asks about every exception; '
                         'data.train_per_class keeps N clauses of each')
     if data_config.train_per_class < 0:
         raise UserError(f'data.train_per_class={data_config.train_per_class} must be >= 0')
@@ -60,8 +91,7 @@ def open_exceptions_chat(data_config):
     identity = {'train': train.cache_key, 'eval': evaluation.cache_key,
                 'per_class': data_config.train_per_class, 'question': QUESTION,
                 'code_chars': CODE_CHARS}
-    return chat.conversations(
-        'python_exceptions_chat', data_config,
-        lambda: records(builder, train, data_config.train_per_class),
-        lambda: records(builder, evaluation), identity,
-        text_files.cache_dir(data_config, 'python_exceptions_chat'))
+    return pipeline(name, data_config,
+                    lambda: make_records(builder, train, data_config.train_per_class),
+                    lambda: make_records(builder, evaluation), identity,
+                    text_files.cache_dir(data_config, name))

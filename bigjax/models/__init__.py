@@ -99,7 +99,7 @@ _transformer = defaults_of(TransformerConfig)
 register('vit', lambda m, d: ViT(_transformer_config(m), d.num_classes), inputs='image',
          options=_transformer, section='transformer')
 register('transformer_lm', lambda m, d: TransformerLM(_transformer_config(m), d.vocab_size),
-         inputs='text_lm', options=_transformer, section='transformer')
+         inputs=('text_lm', 'text_preference'), options=_transformer, section='transformer')
 register('transformer_classifier', lambda m, d: TransformerClassifier(
     _transformer_config(m), d.vocab_size, d.num_classes), inputs='text_classification',
          options=_transformer, section='transformer')
