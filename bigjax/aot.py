@@ -140,7 +140,8 @@ def _attention_flops(run: plan_lib.Plan) -> float:
     if not isinstance(run.model, models.TRANSFORMERS):
         return 0.0
     length = run.model.sequence_length(tasks.sample_input(run.dataset).shape)
-    return length * perf.attention_flops_per_token(run.model.cfg, length, run.model.causal)
+    return tasks.sequences_per_example(run.dataset.kind) * length * (
+        perf.attention_flops_per_token(run.model.cfg, length, run.model.causal))
 
 
 def _task(run: plan_lib.Plan) -> tasks.Task:

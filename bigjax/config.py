@@ -210,12 +210,17 @@ def from_file(reference: str) -> ml_collections.ConfigDict:
 
 
 def from_json(values: dict) -> ml_collections.ConfigDict:
-    """A config from its config.json (lists become tuples, as config files write them)."""
+    """A config from its config.json (lists become tuples, as config files write them); keys
+    added to the schema since it was written take their defaults."""
     def tuples(value):
         if isinstance(value, dict):
             return {k: tuples(v) for k, v in value.items()}
         return tuple(tuples(v) for v in value) if isinstance(value, list) else value
-    config = ml_collections.ConfigDict(tuples(values))
+
+    def merged(defaults: dict, saved: dict) -> dict:
+        return {**defaults, **{k: merged(defaults[k], v) if isinstance(v, dict) and isinstance(
+            defaults.get(k), dict) else v for k, v in saved.items()}}
+    config = ml_collections.ConfigDict(merged(default_config().to_dict(), tuples(values)))
     check(config)
     return config
 

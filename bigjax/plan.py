@@ -105,12 +105,12 @@ def plan(config, workdir=None, *, devices=None, read_data: bool = True,
     if workdir is not None:
         workdir = workdir_lib.resolve(workdir)
     dataset = data_lib.open_dataset(config.data) if read_data else data_lib.describe(config.data)
+    reference_copy = preference.needs_copy(config, dataset.kind)
     schedule = make_schedule(config.train, len(dataset.train) if read_data else None)
     if augment.is_enabled(config.data.augment) and dataset.kind != 'image':
         raise UserError(f'data.augment transforms images and {config.data.name!r} is '
                         f'{dataset.kind} data: leave data.augment at its defaults')
     _check_logits_chunk(config, dataset)
-    reference_copy = preference.needs_copy(config, dataset.kind)
     model = models.build_model(config.model, dataset)
     lora = finetune.uses_lora(config)
     frozen = finetune.frozen_predicate(config) if config.frozen or lora else None

@@ -51,7 +51,16 @@ def objective(config, kind: str) -> str:
                             f'answers, and data.name={config.data.name!r} is {kind} data: use '
                             "preference data (data.name='preference') or train.objective='auto'")
         return ''
-    return 'dpo' if name == 'auto' else name
+    name = 'dpo' if name == 'auto' else name
+    if finetune.uses_lora(config) and config.lora_trained:
+        raise UserError(f'lora_trained={config.lora_trained}: {name} with LoRA takes the model '
+                        'with its adapters off as the reference, and trained base parameters '
+                        'would move it: leave lora_trained empty, or fine-tune fully (lora_rank=0)')
+    if config.model.transformer.dropout:
+        raise UserError(f'model.transformer.dropout={config.model.transformer.dropout}: {name} '
+                        'compares the policy with the reference, which dropout would make '
+                        'differ before any step (as TRL, train preferences without it): set 0')
+    return name
 
 
 def needs_copy(config, kind: str) -> bool:

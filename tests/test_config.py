@@ -16,6 +16,18 @@ def test_every_config_and_its_smoke_variant_pass_the_schema(name):
         load_config(name, 'huge')
 
 
+def test_a_config_json_written_before_newer_keys_reads_with_their_defaults():
+    saved = config_lib.default_config().to_dict()
+    saved['data']['name'] = 'python_stdlib'
+    del saved['train']['objective'], saved['train']['preference'], saved['lora_trained']
+    config = config_lib.from_json(saved)
+    assert config.data.name == 'python_stdlib' and config.train.objective == 'auto'
+    assert config.train.preference.beta == 0.1 and config.lora_trained == ()
+    saved['train']['epochs'] = 3
+    with pytest.raises(UserError, match=r'unknown config key config\.train\.epochs'):
+        config_lib.from_json(saved)
+
+
 def test_unknown_key_is_a_clear_error():
     config = config_lib.default_config()
     config.train.unlock()

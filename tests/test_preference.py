@@ -224,6 +224,10 @@ def test_records_become_pairs_of_the_same_prompt_with_only_the_answers_weighted(
       'rejected': [{'role': 'user', 'content': 'R'}, {'role': 'assistant', 'content': 'B'}]},
      r'pairs.jsonl:2: without "prompt", "chosen" and "rejected" must begin with the same'),
     ('{"prompt": "Q",', r'pairs.jsonl:2: not JSON'),
+    ({'prompt': [{'role': 'user', 'content': 'Q'}, {'role': 'assistant', 'content': 'A'},
+                 {'role': 'user', 'content': 'And?'}],
+      'chosen': [{'role': 'user', 'content': 'Well?'}], 'rejected': 'B'},
+     'pairs.jsonl:2: chosen has no assistant answer after the prompt'),
 ])
 def test_a_bad_record_is_one_line_naming_file_line_and_field_or_skipped(tmp_path, bad, message):
     from bigjax import data
@@ -245,6 +249,15 @@ def test_objectives_are_checked_before_compiling(tmp_path):
     config = config_lib.default_config()
     config.train.objective = 'dpo'
     with pytest.raises(UserError, match="train.objective='dpo' trains on pairs"):
+        plan_lib.plan(config)
+    config = preference_config(tmp_path, arithmetic())
+    config.model.name = 'transformer_lm'
+    config.model.transformer.update(lora_rank=4)
+    config.lora_trained = ('head/kernel',)
+    with pytest.raises(UserError, match='trained base parameters would move it'):
+        plan_lib.plan(config)
+    config.lora_trained, config.model.transformer.dropout = (), 0.1
+    with pytest.raises(UserError, match='dropout=0.1: dpo compares'):
         plan_lib.plan(config)
 
 

@@ -83,8 +83,14 @@ def tokenize_pairs(records: Iterator, template, tokenizer, bad_records: str, cou
             if isinstance(record, chat.BadJson):
                 raise chat.RecordError(record.message)
             prompt, chosen, rejected = answers(record)
-            return (prompt + chosen, template.learnt_spans(prompt + chosen, 'last'),
-                    template.learnt_spans(prompt + rejected, 'last'))
+            start = len(template.render(prompt, add_generation_prompt=True))
+            rendered_answers = []
+            for field, answer in (('chosen', chosen), ('rejected', rejected)):
+                text, spans = template.learnt_spans(prompt + answer, 'last')
+                if spans[0][0] < start:
+                    raise chat.RecordError(f'{field} has no assistant answer after the prompt')
+                rendered_answers.append((text, spans))
+            return (prompt + chosen, *rendered_answers)
         except (chat.RecordError, chat_template.ChatError) as e:
             if bad_records == 'error':
                 raise UserError(f'{location}: {e} (data.chat.bad_records=skip skips such '
