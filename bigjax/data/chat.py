@@ -329,11 +329,7 @@ def tokenize_records(records: Iterator[Record], fmt: str, template, tokenizer, t
                 messages = conversation(record, fmt)
                 out.append((location, messages, *template.learnt_spans(messages, train_on)))
             except (RecordError, chat_template.ChatError) as e:
-                if bad_records == 'error':
-                    raise UserError(f'{location}: {e} (data.chat.bad_records=skip skips such '
-                                    'records)') from None
-                counts.bad_skipped += 1
-                counts.first_bad = counts.first_bad or f'{location}: {e}'
+                skip_bad(location, e, bad_records, counts)
         return out
 
     def chunks():
@@ -360,6 +356,28 @@ def tokenize_records(records: Iterator[Record], fmt: str, template, tokenizer, t
             pending = done, encodings
         if pending:
             yield from results(*pending)
+
+
+def skip_bad(location: str, error: Exception, bad_records: str, counts) -> None:
+    """data.chat.bad_records for one bad record: a UserError naming it, or counted (with the
+    first one quoted) and skipped."""
+    if bad_records == 'error':
+        raise UserError(f'{location}: {error} (data.chat.bad_records=skip skips such '
+                        'records)') from None
+    counts.bad_skipped += 1
+    counts.first_bad = counts.first_bad or f'{location}: {error}'
+
+
+def chat_of(template, tokenizer, chat_config, report: dict) -> Chat:
+    """The Chat of a built split report: the template, its stop ids, the held-out prompts with
+    their references, and the per-split statistics."""
+    generation = report['generation']
+    return Chat(template, chat_template.stop_ids(template, tokenizer),
+                prompts=tuple(np.asarray(g['prompt'], np.int32) for g in generation),
+                references=tuple(g['reference'] for g in generation),
+                questions=tuple(g['question'] for g in generation), scorer=chat_config.scorer,
+                answer_tokens=chat_config.answer_tokens,
+                stats={s: report[s] for s in ('train', 'eval')})
 
 
 def check(data_config) -> None:
@@ -469,12 +487,7 @@ def conversations(name: str, data_config, train_records: Callable[[], Iterator[R
         log.info('%s %s: %s', name, split, _describe(Counts(**{
             k: v for k, v in report[split].items() if k in Counts.__dataclass_fields__}),
             report[split]))
-    generation = report['generation']
-    chat = Chat(template, chat_template.stop_ids(template, tokenizer),
-                prompts=tuple(np.asarray(g['prompt'], np.int32) for g in generation),
-                references=tuple(g['reference'] for g in generation),
-                questions=tuple(g['question'] for g in generation), scorer=c.scorer,
-                answer_tokens=c.answer_tokens, stats={s: report[s] for s in ('train', 'eval')})
+    chat = chat_of(template, tokenizer, c, report)
     splits = {split: Split(len(arrays[f'{split}_tokens']), lambda split=split: {
         name: arrays[f'{split}_{name}'] for name in packing.ARRAYS}) for split in ('train', 'eval')}
     return Dataset(name, 'text_lm', splits['train'], splits['eval'], seq_len=t.seq_len,

@@ -92,11 +92,7 @@ def tokenize_pairs(records: Iterator, template, tokenizer, bad_records: str, cou
                 rendered_answers.append((text, spans))
             return (prompt + chosen, *rendered_answers)
         except (chat.RecordError, chat_template.ChatError) as e:
-            if bad_records == 'error':
-                raise UserError(f'{location}: {e} (data.chat.bad_records=skip skips such '
-                                'records)') from None
-            counts.bad_skipped += 1
-            counts.first_bad = counts.first_bad or f'{location}: {e}'
+            chat.skip_bad(location, e, bad_records, counts)
             return None
 
     def encoded(chunk):
@@ -179,13 +175,7 @@ def preference_pairs(name: str, data_config, train_records: Callable[[], Iterato
     arrays, report = cache.cached(directory, key, build)
     for split in ('train', 'eval'):
         log.info('%s %s: %s', name, split, describe(Counts(**report[split])))
-    generation = report['generation']
-    pairs_chat = chat.Chat(
-        template, chat_template.stop_ids(template, tokenizer),
-        prompts=tuple(np.asarray(g['prompt'], np.int32) for g in generation),
-        references=tuple(g['reference'] for g in generation),
-        questions=tuple(g['question'] for g in generation), scorer=c.scorer,
-        answer_tokens=c.answer_tokens, stats={s: report[s] for s in ('train', 'eval')})
+    pairs_chat = chat.chat_of(template, tokenizer, c, report)
     splits = {split: Split(report[split]['pairs'], lambda split=split: {
         array: arrays[f'{split}_{array}'] for array in ARRAYS}) for split in ('train', 'eval')}
     return Dataset(name, KIND, splits['train'], splits['eval'], seq_len=t.seq_len,
