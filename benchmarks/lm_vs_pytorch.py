@@ -123,12 +123,11 @@ def main() -> None:
     script, steps = os.path.abspath(__file__), f'--steps={num_steps}'
     contenders = {
         'pytorch (eager, SDPA)': ([script, '--worker=torch', steps], {}),
-        'bigjax (fused CPU attention kernel)': ([script, '--worker=fused', steps],
-                                                {'XLA_FLAGS': ''}),
+        "bigjax (attention='fused')": ([script, '--worker=fused', steps], {'XLA_FLAGS': ''}),
         'bigjax (einops attention)': ([script, '--worker=einops', steps], {'XLA_FLAGS': ''}),
         'bigjax (jax.nn.dot_product_attention)': ([script, '--worker=dot_product', steps],
                                                   {'XLA_FLAGS': ''}),
-        "bigjax (einops, XLA's own defaults)": ([script, '--worker=einops', steps],
+        'bigjax (einops, BIGJAX_NO_XLA_DEFAULTS=1)': ([script, '--worker=einops', steps],
                                                 {'XLA_FLAGS': '', 'BIGJAX_NO_XLA_DEFAULTS': '1'}),
     }
     if args.smoke:

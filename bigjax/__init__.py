@@ -2,4 +2,4 @@
 
 from bigjax import platform as _platform
 
-_platform.set_xla_defaults()
+_platform.set_cpu_defaults()

@@ -16,7 +16,7 @@ from etils import epath
 
 from bigjax import data as data_lib
 from bigjax import chat_eval, eval_harness, finetune, metrics, optim, parallel, steps, tasks
-from bigjax import writers
+from bigjax import platform, writers
 from bigjax import plan as plan_lib
 from bigjax import workdir as workdir_lib
 from bigjax.checkpoint import Checkpointer
@@ -38,7 +38,8 @@ def run(config, workdir, *, stop_at_step: int | None = None) -> dict | None:
     workdir_lib.check_writable(plan.workdir, jax.process_index())
     harness = eval_harness.DuringTraining(plan) if config.train.eval_tasks else None
     with workdir_lib.held(plan.workdir), Preemption() as preemption, \
-            Checkpointer(plan.workdir, keep=config.train.keep_checkpoints) as checkpointer:
+            Checkpointer(plan.workdir, keep=config.train.keep_checkpoints) as checkpointer, \
+            platform.reuse_freed_memory() as release_memory:
         latest = checkpointer.latest_step()
         total = plan.schedule.total_steps
         if latest is not None and latest >= total:
@@ -46,12 +47,13 @@ def run(config, workdir, *, stop_at_step: int | None = None) -> dict | None:
         if stop_at_step is not None and not (latest or 0) < stop_at_step <= total:
             raise ValueError(f'stop_at_step={stop_at_step} is not after the checkpoint at step '
                              f'{latest or 0} and within the {total} steps')
-        return _train(plan, checkpointer, preemption, stop_at_step, harness)
+        return _train(plan, checkpointer, preemption, stop_at_step, harness, release_memory)
 
 
 def _train(plan: plan_lib.Plan, checkpointer: Checkpointer, preemption: Preemption,
-           stop_at_step: int | None, harness=None) -> dict | None:
-    """Init or restore, then steps with logging, eval and checkpoints; returns the final eval."""
+           stop_at_step: int | None, harness, release_memory) -> dict | None:
+    """Init or restore, then steps with logging, eval and checkpoints; returns the final eval.
+    `release_memory` is called at each log step (platform.reuse_freed_memory)."""
     config, mesh, schedule = plan.config, plan.mesh, plan.schedule
     task = plan.task()
     on_device = parallel.replicate_small(plan.dataset.train.arrays, plan.mesh,
@@ -127,6 +129,7 @@ def _train(plan: plan_lib.Plan, checkpointer: Checkpointer, preemption: Preempti
                     writer.write(step, 'train', values)
                     progress.report(step, 'train', values)
                     window = jax.device_put(metrics.empty_window(sum_names), replicated)
+                    release_memory()
                 if step % schedule.eval_every == 0 or last:
                     final_eval, details = evaluate.values(state, step)
                     writer.write(step, 'eval', final_eval)

@@ -18,6 +18,7 @@ import jax  # noqa: E402  (after XLA_FLAGS)
 import pytest  # noqa: E402
 
 from bigjax import config as config_lib  # noqa: E402
+from bigjax.kernels import causal_attention  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # Every config but hf_finetune, which needs a Hugging Face model folder (tests/test_hf.py runs its
@@ -32,6 +33,14 @@ def load_config(name: str, arg: str | None = None, *, report: bool = False):
     config = config_lib.from_file(f'configs/{name}.py' + (f':{arg}' if arg else ''))
     config.report.enabled = report
     return config
+
+
+@pytest.fixture(autouse=True)
+def fused_attention_takes_the_kernel(monkeypatch):
+    """attention='fused' runs the C++ kernel in every test in this process, also on CPUs where
+    it takes the einops attention for speed (causal_attention.fast_here): those tests are of
+    the kernel. tests/test_kernels.py checks the choice itself."""
+    monkeypatch.setattr(causal_attention, 'fast_here', lambda: True)
 
 
 @pytest.fixture(scope='session', autouse=True)

@@ -29,9 +29,10 @@ SMOKES = {  # 'script [flags]' (run with --smoke): regular expressions for lines
                        r'^scorer\s+seconds\s+questions/s\s+vs hf\s+accuracy$',
                        *(rf'^{name}\s+{N}\s+{N}\s+{N}x\s+{N}$'
                          for name in ('bigjax einops', 'bigjax fused', r'hf \(torch\)'))],
-    'char_lm.py': [rf'^{N} bytes of text; median {N} tokens/s$',
-                   rf'^step +8: validation loss {N} nats/char$',
-                   rf'^final validation loss {N}; wall time {N} s$'],
+    'char_lm.py': [rf'^{N} bytes of text; \d+ CPUs, .+$',
+                   rf'^round 1: bigjax: wall {N} s, {N} tokens/s in training, validation loss '
+                   rf'{N}@4, {N}@8$',
+                   rf'^bigjax\s+{N} s\s+{N}\s+{N}$'],
     'cnn_vs_pytorch.py': [r'^contender\s+img/s\s+vs pytorch$',
                           rf'^pytorch \(article loop\)\s+{N}\s+1\.00x$',
                           rf'^bigjax \(its XLA defaults: YNN fusions off\)\s+{N}\s+{N}x$'],
@@ -50,10 +51,13 @@ SMOKES = {  # 'script [flags]' (run with --smoke): regular expressions for lines
     'input_pipeline.py': [rf'^cnn_digits \(augmented\)\s+{N}\s+{N}\s+{N}x$',
                           rf'^transformer_cpu\s+{N}\s+{N}\s+{N}x$'],
     'lm_vs_pytorch.py': [rf'^pytorch \(eager, SDPA\)\s+{N}\s+1\.00x\s+-$',
-                         rf'^bigjax \(fused CPU attention kernel\)\s+{N}\s+{N}x\s+{N}$'],
+                         rf"^bigjax \(attention='fused'\)\s+{N}\s+{N}x\s+{N}$"],
     'pseudo_lm1b.py': [rf'^\s+1k\s+1,000\s+{N}\s+{N}\s+{N}%$'],
     'text_pipeline.py': [rf'^new\s+1k\s+1,100\s+{N}', r'^\S+ tokens a sentence\. lm1b .* '
                          r'extrapolated from 1k: \S+ minutes'],
+    'startup.py': [rf'^import bigjax: {N} s$', *(rf'^{phase}\s+{N}\s+{N}$' for phase in (
+        r'start-up, data, model', r'first step \(compiling it\)', 'steps and evaluations',
+        'report', 'total'))],
     'text_pipeline.py --reads': [rf'^example by example .*\s+{N} records/s\s+1\.0x$',
                                  rf'^array_record .* \(raw bytes\)\s+{N} records/s\s+{N}x$'],
     'tpu_levers.py': [rf'^\| plain: XLA attention, no remat, layers unrolled, whole logits \| '

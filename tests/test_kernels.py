@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import load_config
 
-from bigjax import kernels, train
+from bigjax import kernels, models, train
 from bigjax.errors import UserError
 from bigjax.kernels import causal_attention
 from bigjax.models import attention
@@ -167,6 +167,28 @@ def test_cases_the_kernel_does_not_cover_use_the_reference():
     for kwargs in ({'causal': True}, {'causal': False, 'key_valid_BS': valid}):
         np.testing.assert_array_equal(attention.fused_attention(q, k, v, **kwargs),
                                       attention.einops_attention(q, k, v, **kwargs))
+
+
+@pytest.mark.parametrize('avx512', [True, False])
+def test_the_kernel_runs_where_the_cpu_has_avx512_and_einops_elsewhere_with_nothing_built(
+        monkeypatch, tmp_path, avx512):
+    monkeypatch.undo()  # conftest's "always the kernel"
+    flags = 'flags\t: fpu sse2 avx2 fma' + (' avx512f avx512bw' if avx512 else '')
+    monkeypatch.setattr(kernels, '_cpu_id', lambda: flags)
+    assert causal_attention.fast_here() == avx512
+    q, k, v, _ = qkv(2, 64, 4, 2, 16)
+    fused, reference = (attention.fused_attention(q, k, v, causal=True),
+                        attention.einops_attention(q, k, v, causal=True))
+    if avx512:  # the kernel: equal to the reference within rounding, not bit for bit
+        np.testing.assert_allclose(fused, reference, atol=2e-6)
+        assert not np.array_equal(fused, reference)
+    else:
+        np.testing.assert_array_equal(fused, reference)
+        config = load_config('transformer_cpu', 'smoke')
+        monkeypatch.setenv('CXX', 'no-such-compiler')  # nothing is built: no error
+        monkeypatch.setattr(causal_attention, '_REGISTERED', [])
+        models.prepare(config.model, 'cpu')
+        assert not causal_attention._REGISTERED
 
 
 def test_a_missing_compiler_is_one_clear_line_before_any_data_is_read(monkeypatch, tmp_path):

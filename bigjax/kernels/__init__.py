@@ -42,6 +42,11 @@ def _cpu_id() -> str:
         return platform.processor()
 
 
+def cpu_has(feature: str) -> bool:
+    """Whether this CPU lists `feature` (e.g. 'avx512f') among its flags."""
+    return feature in _cpu_id().split()
+
+
 def build(name: str, purpose: str) -> str:
     """The path of `name`.cc compiled into a shared library (built now unless cached).
     `purpose` names the setting that asked for it, for the error a user sees when no compiler

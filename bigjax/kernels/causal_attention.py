@@ -42,6 +42,13 @@ def register(purpose: str) -> None:
     _REGISTERED.append(library)
 
 
+def fast_here() -> bool:
+    """Whether this CPU runs the kernel fast: its register tiles are sized for AVX-512's 32
+    registers of 16 floats. On AVX2 it measured 4x slower than the einops attention, and a char
+    LM's steps 2x slower (benchmarks/README.md), so fused_attention takes einops there."""
+    return kernels.cpu_has('avx512f')
+
+
 def supports(q_BTHK, k_BSGK) -> bool:
     """Whether the kernel computes this call: float32, a head width it was built for, and
     query heads that split evenly over the key/value heads."""

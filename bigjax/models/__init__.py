@@ -75,10 +75,10 @@ def uses_transformer_options(model_config) -> bool:
 
 def prepare(model_config, platform: str) -> None:
     """What the configured model needs from this machine before tracing for `platform` (on
-    CPU the fused attention kernel, built on first use), done first so its errors come before
-    any data."""
-    if (uses_transformer_options(model_config)
-            and model_config.transformer.attention == 'fused' and platform == 'cpu'):
+    CPUs the fused attention kernel runs fast on, built on first use), done first so its errors
+    come before any data."""
+    if (uses_transformer_options(model_config) and model_config.transformer.attention == 'fused'
+            and platform == 'cpu' and attention.causal_attention.fast_here()):
         attention.prepare_fused()
 
 

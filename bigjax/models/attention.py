@@ -226,11 +226,11 @@ def prepare_fused() -> None:
 def fused_attention(q_BTHK, k_BSGK, v_BSGK, *, causal: bool, query_offset=0,
                     key_valid_BS=None, query_segments_BT=None, key_segments_BS=None,
                     window: int = 0, softcap: float = 0.0, qkv_BTGCK=None) -> jax.Array:
-    """The fastest fused attention each platform has: on CPU bigjax's C++ kernel for causal
-    self-attention in float32 (segment ids and windows included), on TPU Pallas splash
+    """The fastest fused attention each platform has: on CPUs with AVX-512 bigjax's C++ kernel
+    for causal self-attention in float32 (segment ids and windows included), on TPU Pallas splash
     attention for self-attention over lengths in multiples of 128 (the einops reference, or on
-    TPU library_attention, for every other case: key masks or soft caps on CPU, decoding with a
-    cache), on GPU library_attention (cuDNN). qkv_BTGCK: the fused projection's output when q,
+    TPU library_attention, for every other case: key masks or soft caps on CPU, CPUs without
+    AVX-512, decoding with a cache), on GPU library_attention (cuDNN). qkv_BTGCK: the fused projection's output when q,
     k and v are its slices (see kernels.causal_attention)."""
     backend = platform.target()
     self_attention = (isinstance(query_offset, int) and query_offset == 0
@@ -245,7 +245,7 @@ def fused_attention(q_BTHK, k_BSGK, v_BSGK, *, causal: bool, query_offset=0,
         return library_attention(q_BTHK, k_BSGK, v_BSGK, causal=causal,
                                  query_offset=query_offset, **masks)
     if (causal and self_attention and key_valid_BS is None and not softcap
-            and causal_attention.supports(q_BTHK, k_BSGK)):
+            and causal_attention.fast_here() and causal_attention.supports(q_BTHK, k_BSGK)):
         return causal_attention.causal_attention(
             q_BTHK, k_BSGK, v_BSGK, purpose=FUSED, qkv_BTGCK=qkv_BTGCK,
             segments_BT=query_segments_BT, window=window)
