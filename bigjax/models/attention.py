@@ -230,8 +230,8 @@ def fused_attention(q_BTHK, k_BSGK, v_BSGK, *, causal: bool, query_offset=0,
     for causal self-attention in float32 (segment ids and windows included), on TPU Pallas splash
     attention for self-attention over lengths in multiples of 128 (the einops reference, or on
     TPU library_attention, for every other case: key masks or soft caps on CPU, CPUs without
-    AVX-512, decoding with a cache), on GPU library_attention (cuDNN). qkv_BTGCK: the fused projection's output when q,
-    k and v are its slices (see kernels.causal_attention)."""
+    AVX-512, decoding with a cache), on GPU library_attention (cuDNN). qkv_BTGCK: the fused
+    projection's output when q, k and v are its slices (see kernels.causal_attention)."""
     backend = platform.target()
     self_attention = (isinstance(query_offset, int) and query_offset == 0
                       and q_BTHK.shape[1] == k_BSGK.shape[1])
