@@ -25,7 +25,8 @@ XNN_GREEDY = '--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE
 CONTENDERS = {  # name: (worker, extra environment)
     'pytorch (article loop)': ('torch', {}),
     'bigjax (its XLA defaults: YNN fusions off)': ('jax', {'XLA_FLAGS': ''}),
-    "bigjax (BIGJAX_NO_XLA_DEFAULTS=1: XLA's and glibc's own defaults)": ('jax', {'XLA_FLAGS': '', 'BIGJAX_NO_XLA_DEFAULTS': '1'}),
+    "bigjax (BIGJAX_NO_XLA_DEFAULTS=1: XLA's and glibc's own defaults)": (
+        'jax', {'XLA_FLAGS': '', 'BIGJAX_NO_XLA_DEFAULTS': '1'}),
     'bigjax (+ XNN greedy graph fusion)': ('jax', {'XLA_FLAGS': XNN_GREEDY}),
 }
 BATCH = 64
