@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from bigjax import data as data_lib
-from bigjax import hardware, models, parallel, perf, tasks, train
+from bigjax import hardware, models, parallel, perf, platform, tasks, train
 from bigjax import plan as plan_lib
 from bigjax import workdir as workdir_lib
 from bigjax.errors import UserError
@@ -32,6 +32,7 @@ def prepare_environment(topology_name: str) -> None:
     and, with libtpu installed on a machine without a TPU, not probed). For GPUs, matrix
     products go to cuBLAS: XLA's Triton GEMMs need autotuning on the GPU to pick their tiles.
     Call before JAX starts a backend."""
+    platform.malloc_arenas_per_thread()
     os.environ['JAX_PLATFORMS'] = 'cpu'  # for processes this one starts
     jax.config.update('jax_platforms', 'cpu')  # JAX read the variable when it was imported
     if hardware.is_gpu(topology_name):

@@ -18,7 +18,12 @@ import jax  # noqa: E402  (after XLA_FLAGS)
 import pytest  # noqa: E402
 
 from bigjax import config as config_lib  # noqa: E402
+from bigjax import platform  # noqa: E402
 from bigjax.kernels import causal_attention  # noqa: E402
+
+# This process compiles TPU programs (tests/test_compile.py), as --mode=compile does: glibc's
+# arenas per thread, chosen before the CPU backend starts (the CPU defaults run in subprocesses).
+platform.malloc_arenas_per_thread()
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # Every config but hf_finetune, which needs a Hugging Face model folder (tests/test_hf.py runs its

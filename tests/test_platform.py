@@ -150,3 +150,36 @@ def test_a_cpu_training_loop_reuses_the_memory_its_steps_free_and_gives_it_back_
     assert outside > 5000 and after > 5000 and capped > 1000
     assert inside < outside / 20
     assert rss_after < rss_inside - 100
+
+
+ARENAS_SCRIPT = '''
+import ctypes, os, sys, threading
+from bigjax import platform
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+if sys.argv[1] == 'compile':
+    platform.malloc_arenas_per_thread()
+together = threading.Barrier(3)
+def work():  # three threads allocating at once
+    together.wait()
+    libc.free(libc.malloc(1 << 16))
+    together.wait()
+threads = [threading.Thread(target=work) for _ in range(3)]
+[thread.start() for thread in threads], [thread.join() for thread in threads]
+libc.malloc_stats()
+'''
+
+
+@pytest.mark.skipif(platform._glibc() is None or platform.accelerator_present(),
+                    reason='needs glibc and a CPU-only machine')
+def test_cpu_processes_keep_one_malloc_arena_and_compiling_processes_one_per_thread():
+    """The CPU defaults put every thread on one arena (so the training loop can keep what its
+    steps free); a process about to compile for a TPU gives its threads their own."""
+    arenas = {}
+    for mode in ('cpu', 'compile'):
+        result = subprocess.run([sys.executable, '-c', ARENAS_SCRIPT, mode], cwd=REPO, text=True,
+                                capture_output=True, timeout=120,
+                                env={k: v for k, v in os.environ.items() if k != 'JAX_PLATFORMS'})
+        assert result.returncode == 0, result.stderr
+        arenas[mode] = result.stderr.count('Arena ')
+    assert arenas['cpu'] == 1 and arenas['compile'] == 4, arenas
