@@ -65,9 +65,9 @@ def set_cpu_defaults() -> None:
 
 def malloc_arenas_per_thread() -> None:
     """glibc's own malloc arenas (up to 8 per core) instead of set_cpu_defaults' one, for a
-    process that compiles for other hardware: libtpu's compiler threads queue on one arena (a
-    TPU compile here took 104 s on one, 73 s on its own). glibc fixes the arena count when a
-    second thread first allocates, so call before JAX starts a backend."""
+    process that compiles for other hardware: libtpu's compiler threads queue on one arena
+    (100m for a v5e chip here: 96-110 s on one, 73-99 s without it; noisy). glibc fixes the
+    arena count when a second thread first allocates, so call before JAX starts a backend."""
     if libc := _glibc():
         libc.mallopt(M_ARENA_MAX, 8 * (os.cpu_count() or 1))
 
