@@ -111,6 +111,11 @@ def test_on_this_cpu_machine_importing_bigjax_takes_the_cpu_quietly_whatever_is_
     assert 'TPU' not in result.stderr and 'CUDA' not in result.stderr, result.stderr
 
 
+GLIBC_ON_A_CPU_ONLY_MACHINE = pytest.mark.skipif(
+    platform._glibc() is None or platform.accelerator_present(),
+    reason='needs glibc and a CPU-only machine')
+
+
 REUSE_SCRIPT = '''
 import resource, sys
 import bigjax, jax, jax.numpy as jnp
@@ -136,8 +141,7 @@ with platform.reuse_freed_memory(keep_free_max=10 * 2 ** 20) as release:
 '''
 
 
-@pytest.mark.skipif(platform._glibc() is None or platform.accelerator_present(),
-                    reason='needs glibc and a CPU-only machine')
+@GLIBC_ON_A_CPU_ONLY_MACHINE
 def test_a_cpu_training_loop_reuses_the_memory_its_steps_free_and_gives_it_back_after():
     """Outside, every call faults in fresh pages for its buffers (~18,000 here); inside, none
     once the heap holds a call's worth; after, the memory is returned; and a cap on what may
@@ -165,13 +169,15 @@ def work():  # three threads allocating at once
     libc.free(libc.malloc(1 << 16))
     together.wait()
 threads = [threading.Thread(target=work) for _ in range(3)]
-[thread.start() for thread in threads], [thread.join() for thread in threads]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
 libc.malloc_stats()
 '''
 
 
-@pytest.mark.skipif(platform._glibc() is None or platform.accelerator_present(),
-                    reason='needs glibc and a CPU-only machine')
+@GLIBC_ON_A_CPU_ONLY_MACHINE
 def test_cpu_processes_keep_one_malloc_arena_and_compiling_processes_one_per_thread():
     """The CPU defaults put every thread on one arena (so the training loop can keep what its
     steps free); a process about to compile for a TPU gives its threads their own."""
