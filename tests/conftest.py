@@ -8,11 +8,15 @@ import tempfile
 
 os.environ['JAX_PLATFORMS'] = 'cpu'
 os.environ['TPU_SKIP_MDS_QUERY'] = '1'  # libtpu: no wait on a TPU VM's metadata server
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                           ' --xla_force_host_platform_device_count=8').strip()
+DEVICES_FLAG = '--xla_force_host_platform_device_count=8'  # pytest-xdist's workers inherit it
+if DEVICES_FLAG not in os.environ.get('XLA_FLAGS', ''):
+    os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {DEVICES_FLAG}".strip()
+# A tfds data_dir of the suite's own unless the user set one; each pytest-xdist worker makes its
+# own rather than share the one it inherits.
 PRIVATE_TFDS_DIR = None
-if 'TFDS_DATA_DIR' not in os.environ:
-    PRIVATE_TFDS_DIR = os.environ['TFDS_DATA_DIR'] = tempfile.mkdtemp(prefix='bigjax_tfds_')
+if os.environ.get('TFDS_DATA_DIR') in (None, os.environ.get('BIGJAX_TESTS_TFDS_DIR')):
+    PRIVATE_TFDS_DIR = tempfile.mkdtemp(prefix='bigjax_tfds_')
+    os.environ['TFDS_DATA_DIR'] = os.environ['BIGJAX_TESTS_TFDS_DIR'] = PRIVATE_TFDS_DIR
 
 import jax  # noqa: E402  (after XLA_FLAGS)
 import pytest  # noqa: E402
@@ -48,9 +52,7 @@ def fused_attention_takes_the_kernel(monkeypatch):
     monkeypatch.setattr(causal_attention, 'fast_here', lambda: True)
 
 
-@pytest.fixture(scope='session', autouse=True)
-def remove_private_tfds_dir():
-    yield
+def pytest_unconfigure(config):
     if PRIVATE_TFDS_DIR:
         shutil.rmtree(PRIVATE_TFDS_DIR, ignore_errors=True)
 
