@@ -10,6 +10,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bigjax import plan as plan_lib
 from bigjax.data import LM_KINDS, tokenizers
@@ -81,20 +82,22 @@ def generate(model: TransformerLM, params, prompt_BT: jax.Array, rng: jax.Array,
 
 
 def generate_any_length(model: TransformerLM, params, prompt_BT: jax.Array, rng: jax.Array, *,
-                        num_tokens: int, temperature: float = 1.0, top_k: int = 0) -> jax.Array:
+                        num_tokens: int, temperature: float = 1.0, top_k: int = 0) -> np.ndarray:
     """`generate` past the model's max_len positions, as a sliding window: once the cache is
     full, sampling goes on from the last max_len // 2 tokens (renumbered from position 0). The
-    prompt keeps its last max_len - 1 tokens. (B, T + num_tokens) int32."""
+    prompt keeps its last max_len - 1 tokens. (B, T + num_tokens) int32, on the host."""
     if prompt_BT.shape[1] < 1:
         raise UserError('the prompt must not be empty')
-    max_len, out = model.cfg.max_len, prompt_BT
-    context_BT = prompt_BT[:, -(max_len - 1):]
-    while out.shape[1] < prompt_BT.shape[1] + num_tokens:
-        count = min(prompt_BT.shape[1] + num_tokens - out.shape[1], max_len - context_BT.shape[1])
+    max_len, out = model.cfg.max_len, np.asarray(prompt_BT, np.int32)
+    context_BT, end = out[:, -(max_len - 1):], out.shape[1] + num_tokens
+    while out.shape[1] < end:
+        # Every window is filled and comes from the host (a last one's extra tokens are
+        # dropped): one input shape and placement, so one compile (~1 s each on a CPU).
         rng, draw_rng = jax.random.split(rng)
-        new_BN = generate(model, params, context_BT, draw_rng, num_tokens=count,
+        new_BN = generate(model, params, context_BT, draw_rng,
+                          num_tokens=min(num_tokens, max_len - context_BT.shape[1]),
                           temperature=temperature, top_k=top_k)[:, context_BT.shape[1]:]
-        out = jnp.concatenate([out, new_BN], axis=1)
+        out = np.concatenate([out, jax.device_get(new_BN)], axis=1)[:, :end]
         context_BT = out[:, -(max_len // 2):]
     return out
 

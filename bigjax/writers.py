@@ -93,12 +93,12 @@ class MetricWriter:
             for path in (self.workdir / EVAL_DIR).glob('step_*.json'):
                 if int(path.stem.split('_')[1]) > start_step:
                     path.unlink()
-        from tensorboardX import SummaryWriter
+        tensorboardx = _tensorboardx()
         if self.object_store:
             _register_object_store_events(self.workdir)
         # TensorBoard hides events at steps >= purge_step that earlier runs left behind.
-        self.tensorboard = SummaryWriter(str(epath.Path(workdir) / 'tensorboard'),
-                                         purge_step=start_step + 1)
+        self.tensorboard = tensorboardx.SummaryWriter(str(epath.Path(workdir) / 'tensorboard'),
+                                                      purge_step=start_step + 1)
 
     def write(self, step: int, split: str, values: dict) -> None:
         """Appends a line (on an object store: rewrites the file, at most every
@@ -179,6 +179,21 @@ class _ObjectEventsFactory:
 
     def directory_check(self, path: str) -> None:
         epath.Path(path).mkdir(parents=True, exist_ok=True)
+
+
+def _tensorboardx():
+    """tensorboardX, imported without torch where torch is not imported yet: tensorboardX imports
+    it, when installed, only to accept torch tensors (1.6 s of every run here; bigjax writes
+    floats). `import torch` works as before afterwards."""
+    if 'torch' in sys.modules or 'tensorboardX' in sys.modules:
+        import tensorboardX
+        return tensorboardX
+    sys.modules['torch'] = None  # meanwhile `import torch` raises ImportError
+    try:
+        import tensorboardX
+    finally:
+        del sys.modules['torch']
+    return tensorboardX
 
 
 def _register_object_store_events(workdir: epath.Path) -> None:

@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -9,7 +11,7 @@ import tensorflow_datasets as tfds
 from bigjax import platform, train, writers
 from bigjax.data.sources import LOCAL_BUILDERS
 from bigjax.errors import UserError
-from conftest import CONFIGS, load_config
+from conftest import CONFIGS, REPO, load_config
 
 TIMING_KEYS = ('steps_per_sec', 'examples_per_sec', 'time')
 
@@ -162,6 +164,29 @@ def test_tensorboard_after_resume_shows_each_logged_step_once(tmp_path):
     train.run(config, tmp_path)
     assert tensorboard_scalars(tmp_path / 'tensorboard', 'train/loss') == [4, 8, 12, 16, 20, 24]
     assert tensorboard_scalars(tmp_path / 'tensorboard', 'eval/accuracy') == [8, 16, 24]
+
+
+TORCH_LEFT_OUT = """
+import importlib.util, sys
+from bigjax import writers
+writer = writers.MetricWriter(sys.argv[1], enabled=True, start_step=0)
+writer.write(1, 'train', {'loss': 1.0})
+writer.close()
+print('torch' in sys.modules)
+if importlib.util.find_spec('torch'):
+    import torch
+    print(float(torch.ones(2).sum()))
+"""
+
+
+def test_tensorboard_is_written_without_importing_torch(tmp_path):
+    """tensorboardX imports torch where it is installed (1.6 s of every run); the writer leaves
+    it out, and `import torch` still works after."""
+    result = subprocess.run([sys.executable, '-c', TORCH_LEFT_OUT, str(tmp_path)], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[0] == 'False'
+    assert tensorboard_scalars(tmp_path / 'tensorboard', 'train/loss') == [1]
 
 
 def test_relative_workdir(tmp_path, monkeypatch):

@@ -222,12 +222,15 @@ def test_prompts_of_different_lengths_batched_left_padded_answer_as_each_alone(p
 
 def test_sampling_past_max_len_slides_a_window():
     """Within max_len, generate_any_length is generate; past it, each new token follows the
-    last max_len // 2 tokens (checked greedily against recomputation on those windows)."""
+    last max_len // 2 tokens (checked greedily against recomputation on those windows). It
+    compiles once for the prompt and once for the sliding windows, the last one included."""
     model, params = lm(config())  # max_len 24
     prompt = tokens((2, 5))
+    compiled = sample.generate._cache_size()
     out = sample.generate_any_length(model, params, prompt, jax.random.PRNGKey(0),
-                                     num_tokens=40, temperature=0.0)
+                                     num_tokens=40, temperature=0.0)  # 19 + 12 + 9 of 12
     assert out.shape == (2, 45)
+    assert sample.generate._cache_size() - compiled == 2
     np.testing.assert_array_equal(out[:, :24], sample.generate(
         model, params, prompt, jax.random.PRNGKey(0), num_tokens=19, temperature=0.0))
     apply = jax.jit(lambda x: model.apply({'params': params}, x, train=False))
