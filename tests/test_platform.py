@@ -98,16 +98,19 @@ def test_elsewhere_than_linux_what_is_installed_decides(cpu_machine):
 @pytest.mark.skipif(platform.accelerator_present(), reason='this machine has an accelerator')
 def test_on_this_cpu_machine_importing_bigjax_takes_the_cpu_quietly_whatever_is_installed():
     """No JAX_PLATFORMS: libtpu (installed by requirements-tpu.txt) is not probed, so none of its
-    warnings, and this XLA accepts the flags (it aborts on a flag it does not know)."""
+    warnings, nor loaded (the process is the one a machine without it runs), and this XLA
+    accepts the flags (it aborts on a flag it does not know)."""
     env = {k: v for k, v in os.environ.items()
            if k not in ('XLA_FLAGS', 'BIGJAX_NO_XLA_DEFAULTS', 'JAX_PLATFORMS',
                         'TPU_SKIP_MDS_QUERY')}
     result = subprocess.run(
         [sys.executable, '-c', 'import os, bigjax, jax; print(jax.jit(lambda x: x + 1)(1), '
-         'jax.default_backend(), os.environ["XLA_FLAGS"])'], cwd=REPO, env=env,
+         'jax.default_backend(), os.path.exists("/proc/self/maps") and "libtpu" in '
+         'open("/proc/self/maps").read(), '
+         'os.environ["XLA_FLAGS"])'], cwd=REPO, env=env,
         capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ['2', 'cpu', FLAG]
+    assert result.stdout.split() == ['2', 'cpu', 'False', FLAG]
     assert 'TPU' not in result.stderr and 'CUDA' not in result.stderr, result.stderr
 
 
