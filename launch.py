@@ -90,6 +90,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     except flags.Error as e:
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         fail(lines[-1] if lines else str(e))
+    except UserError as e:  # The config file refuses its argument (configs/hf_finetune.py).
+        fail(str(e))
     except (AttributeError, KeyError) as e:  # An override names a key the config lacks.
         key = str(e).strip('"\'')
         overrides = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]

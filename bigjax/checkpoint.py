@@ -18,11 +18,12 @@ DAMAGED_DIR = 'checkpoints.damaged'
 
 
 class Checkpointer:
-    """<workdir>/checkpoints/<step>/{state, window, data, config}."""
+    """<workdir>/checkpoints/<step>/{state, window, data, config}. read_only: for reading a
+    run's checkpoints (sample, report, export), creating nothing and starting no clean-up."""
 
-    def __init__(self, workdir, *, keep: int):
+    def __init__(self, workdir, *, keep: int, read_only: bool = False):
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, cleanup_tmp_directories=True,
+            max_to_keep=keep, create=not read_only, cleanup_tmp_directories=not read_only,
             enable_async_checkpointing=True)
         self.directory = epath.Path(workdir) / 'checkpoints'
         handlers = {'state': ocp.StandardCheckpointHandler(),

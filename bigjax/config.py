@@ -6,22 +6,25 @@ of the wrong type, before anything expensive happens.
 """
 
 import importlib.util
+import os
 import pathlib
 import sys
 
 import ml_collections
 
-from bigjax import finetune, models, preference
+from bigjax import finetune, models, preference, writers
 from bigjax.errors import UserError
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
+CACHE_VARIABLE = 'BIGJAX_COMPILATION_CACHE_DIR'
 
 
 def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0  # Seeds parameter init, dropout and the data order.
-    c.compilation_cache_dir = '~/.cache/bigjax/jax'  # compiled steps kept for the next run
-    # (jax's persistent cache; a local folder or gs://…); '' = compile every time
+    c.compilation_cache_dir = os.environ.get(CACHE_VARIABLE, '~/.cache/bigjax/jax')  # compiled
+    # steps kept for the next run (jax's persistent cache; a local folder or gs://…); '' =
+    # compile every time; $BIGJAX_COMPILATION_CACHE_DIR changes the default (the tests' own)
 
     c.data = ml_collections.ConfigDict()
     c.data.name = 'sklearn_digits'  # a tfds name, an offline builder, 'synthetic', or your own
@@ -29,7 +32,11 @@ def default_config() -> ml_collections.ConfigDict:
     # (data.paths: a folder with a sub-folder per class, or train/ and test/ holding those) or
     # 'chat' (data.paths: conversations in .jsonl/.json/.parquet files or `datasets`; data.chat)
     # or 'preference' (data.paths: prompt, chosen and rejected answers; train.objective)
+    # or 'mixture' (data.mixture: several of these, each drawn with a weight)
     c.data.paths = ''
+    c.data.mixture = ()  # data.name='mixture': ((weight, {data keys of a source}), ...), e.g.
+    # ((0.8, {'name': 'text_files', 'paths': 'book.txt'}), (0.2, {'name': 'chat', 'paths':
+    # 'chats.jsonl'})); sources share the tokenizer and seq_len (bigjax/data/mixture.py)
     c.data.val_fraction = 0.1  # text_files: the last fraction of the characters is the eval split;
     # image_folder without train/ and test/: a fraction of each class, chosen by file name hash;
     # chat without data.chat.eval_paths: a fraction of the records, chosen by their hash
@@ -151,6 +158,17 @@ def default_config() -> ml_collections.ConfigDict:
     # model (an LM's output layer and embedding too, as peft): regexes of its parameters to train
     # as well (peft's modules_to_save), e.g. ('head/kernel',) for an untied output layer
 
+    c.writers = ('tensorboard',)  # where scalars go beside metrics.jsonl (always written):
+    # 'tensorboard' (<workdir>/tensorboard) and/or 'wandb' (Weights & Biases: pip install wandb)
+    c.wandb = ml_collections.ConfigDict()  # the W&B run when 'wandb' is in writers (writers.py)
+    c.wandb.project = 'bigjax'
+    c.wandb.entity = ''  # a user or team; '' = the account's default
+    c.wandb.name = ''  # the run's display name; '' = the workdir's folder name
+    c.wandb.group = ''  # groups runs in the UI (e.g. a study's); '' = none
+    c.wandb.tags = ()  # strings
+    c.wandb.mode = 'online'  # 'online' | 'offline' (sync later: `wandb sync`) | 'disabled';
+    # the environment variable WANDB_MODE, when set, wins
+
     c.report = ml_collections.ConfigDict()  # <workdir>/report.html (bigjax/report.py)
     c.report.enabled = True  # write it at the end of the run (launch.py --mode=report: any time)
     c.report.examples = 1024  # eval examples searched for the most confidently wrong ones
@@ -237,6 +255,7 @@ def check(config: ml_collections.ConfigDict) -> None:
                         f"transformer_classifier; model.name={config.model.name!r} pools with "
                         "'cls' or 'mean'")
     preference.check(config)
+    writers.check(config)
     if config.lora_trained and not finetune.uses_lora(config):
         raise UserError(f'lora_trained={config.lora_trained} names parameters to train beside '
                         'LoRA adapters, and LoRA is off (everything trains): set '

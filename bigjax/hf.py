@@ -22,6 +22,7 @@ import numpy as np
 from etils import epath
 
 from bigjax import pytree
+from bigjax import workdir as workdir_lib
 from bigjax.hf_families import GEMMA_FAMILY, transformer_options
 from bigjax.errors import UserError
 
@@ -53,18 +54,21 @@ def folder(spec: str) -> str:
         return snapshot_download(path, allow_patterns=list(HUB_FILES))
     except Exception as e:
         raise UserError(f'{spec}: no such folder, nor a model {path} in the Hugging Face cache, '
-                        f'and downloading it failed ({type(e).__name__}): run `huggingface-cli '
-                        f'download {path}` where there is internet, or pass the folder') from None
+                        f'and downloading it failed ({type(e).__name__}): run `hf download {path}` '
+                        'where there is internet, or pass the folder') from None
 
 
 def is_hf_folder(path) -> bool:
     """Whether `path` holds a Hugging Face model (a config.json naming a model_type)."""
     config = epath.Path(path) / CONFIG_FILE
-    return config.exists() and 'model_type' in json.loads(config.read_text())
+    return config.exists() and 'model_type' in read_config(path)
 
 
 def read_config(folder) -> dict:
-    return json.loads((epath.Path(folder) / CONFIG_FILE).read_text())
+    return workdir_lib.read_json(epath.Path(folder) / CONFIG_FILE,
+                                 "a model's config.json is cut short or damaged: fetch the model "
+                                 "again (hf download, or transformers' "
+                                 'save_pretrained)')
 
 
 SAFETENSORS_DTYPES = {'F64': np.float64, 'F32': np.float32, 'F16': np.float16,

@@ -144,14 +144,23 @@ def plan(config, workdir=None, *, devices=None, read_data: bool = True,
 def load_state(config, workdir) -> tuple[Plan, Any, int]:
     """(plan, train state, step) of the latest checkpoint in `workdir`, laid out on the mesh:
     for evaluating, sampling, reporting and exporting a trained model. Its init_from is not
-    read again (the pretrained run may be gone)."""
-    run = plan(config, workdir, init_from=False)
-    with Checkpointer(run.workdir, keep=config.train.keep_checkpoints) as checkpointer:
+    read again (the pretrained run may be gone). Nothing is written; a workdir without a
+    checkpoint is refused before the data are read."""
+    path = workdir_lib.resolve(workdir)
+    with Checkpointer(path, keep=config.train.keep_checkpoints, read_only=True) as checkpointer:
         step = checkpointer.latest_step()
         if step is None:
-            raise UserError(f'{run.workdir} holds no checkpoint: train there first')
-        checkpointer.check_compatible(step, run.abstract_state)
-        state, _, _ = checkpointer.restore(step, *abstract_checkpoint(run))
+            raise UserError(f'{path} holds no checkpoint: train there first')
+        run = plan(config, path, init_from=False)
+        try:
+            checkpointer.check_compatible(step, run.abstract_state)
+            state, _, _ = checkpointer.restore(step, *abstract_checkpoint(run))
+        except UserError:
+            raise
+        except Exception as e:  # Orbax and TensorStore raise many types for damaged files.
+            raise UserError(f'the checkpoint at step {step} in {checkpointer.directory} cannot '
+                            f'be restored ({type(e).__name__}): rerun training on this workdir, '
+                            'which moves it aside and resumes from the one before') from None
     return run, state, step
 
 

@@ -49,7 +49,9 @@ def from_workdir(config, workdir) -> epath.Path:
         raise UserError(f'{path} holds no bigjax run (no config.json): pass the --workdir a run '
                         'was trained in')
     if config is None:
-        config = config_lib.from_json(json.loads((path / 'config.json').read_text()))
+        config = config_lib.from_json(workdir_lib.read_json(
+            path / 'config.json', 'pass the run\'s config file instead: python launch.py '
+            f'--config=CONFIG --workdir={path} --mode=report'))
     plan, state, step = plan_lib.load_state(config, path)
     return build(plan, state, step)
 
@@ -623,7 +625,6 @@ def _samples(plan, state) -> str:
     out = sample.generate_any_length(plan.model, state.params, prompts,
                                      jax.random.PRNGKey(plan.config.seed),
                                      num_tokens=new_tokens, temperature=0.8, top_k=0)
-    out = jax.device_get(out)
     decode = dataset.tokenizer.decode
     rows = [[decode(p), decode(o[prompt_length:])] for p, o in zip(prompts, out)]
     return (f'<p>{new_tokens} tokens sampled at temperature 0.8 after prompts from the eval '

@@ -127,6 +127,6 @@ def from_workdir(config, workdir, prompt: str, *, num_tokens: int, temperature: 
                                 stop_ids=chat_template.stop_ids(template, tokenizer),
                                 temperature=temperature, top_k=top_k, rng=rng)[0]
     ids = [tokenizers.prompt_start(tokenizer), *tokenizer.encode_batch([prompt])[0]]
-    out = generate_any_length(plan.model, state.params, jnp.asarray([ids], jnp.int32), rng,
+    out = generate_any_length(plan.model, state.params, np.asarray([ids], np.int32), rng,
                               num_tokens=num_tokens, temperature=temperature, top_k=top_k)
-    return plan.dataset.tokenizer.decode(jax.device_get(out[0, len(ids):]))
+    return plan.dataset.tokenizer.decode(out[0, len(ids):])

@@ -43,7 +43,9 @@ def run(config, workdir, *, stop_at_step: int | None = None) -> dict | None:
         latest = checkpointer.latest_step()
         total = plan.schedule.total_steps
         if latest is not None and latest >= total:
-            return _already_finished(plan.workdir, latest)
+            if _restores(plan, checkpointer, latest):
+                return _already_finished(plan.workdir, latest)
+            latest = checkpointer.latest_step()  # The steps after the one before are redone.
         if stop_at_step is not None and not (latest or 0) < stop_at_step <= total:
             raise ValueError(f'stop_at_step={stop_at_step} is not after the checkpoint at step '
                              f'{latest or 0} and within the {total} steps')
@@ -61,10 +63,9 @@ def _train(plan: plan_lib.Plan, checkpointer: Checkpointer, preemption: Preempti
     if on_device is not None:
         log.info('Training data held on the devices, batched there by index '
                  '(data.on_device_max_mb=%s)', config.data.on_device_max_mb)
-    train_iter = data_lib.ArrayTrainIterator(plan.dataset.train.arrays, config.train.batch_size,
-                                             config.seed, jax.process_index(),
-                                             jax.process_count(),
-                                             indices_only=on_device is not None)
+    train_iter = data_lib.train_iterator(plan.dataset, config.train.batch_size, config.seed,
+                                         jax.process_index(), jax.process_count(),
+                                         indices_only=on_device is not None)
     replicated = parallel.replicated(mesh)
     sum_names = tasks.train_sum_names(plan.dataset.kind)
     config_json = json.loads(config.to_json_best_effort())
@@ -91,12 +92,14 @@ def _train(plan: plan_lib.Plan, checkpointer: Checkpointer, preemption: Preempti
     is_main = jax.process_index() == 0
     if is_main:
         workdir_lib.write_config(plan.workdir, config_json)
-    writer = writers.MetricWriter(plan.workdir, enabled=is_main, start_step=start_step)
+    writer = writers.MetricWriter(plan.workdir, enabled=is_main, start_step=start_step,
+                                  config=config)
     progress = writers.Progress(start_step, schedule.total_steps, enabled=is_main)
     throughput = writers.Throughput(start_step)
     profiler = _Profiler(plan.workdir / 'profile', config.train.profile_start_step,
                          config.train.profile_steps)
     final_eval = None
+    window_start = start_step - start_step % schedule.log_every  # the metric window's first batch
     in_flight = parallel.DispatchLimit()
     batches = data_lib.prefetch(train_iter, config.data.prefetch,
                                 functools.partial(parallel.global_batch, mesh=mesh))
@@ -123,6 +126,8 @@ def _train(plan: plan_lib.Plan, checkpointer: Checkpointer, preemption: Preempti
                 if log_now:
                     values = metrics.summarize(window['sums'], plan.dataset.kind)
                     values['learning_rate'] = float(learning_rate(step - 1))
+                    values.update(train_iter.drawn(window_start, step))
+                    window_start = step
                     values.update(throughput.rates(
                         step, config.train.batch_size, tasks.tokens_per_example(plan.dataset),
                         plan.flops_per_example, plan.peak_flops))
@@ -156,7 +161,9 @@ def _train(plan: plan_lib.Plan, checkpointer: Checkpointer, preemption: Preempti
     log.info('Final eval at step %d: %s', schedule.total_steps, writers.format_values(final_eval))
     if config.report.enabled:
         from bigjax import report  # matplotlib only when a report is written
-        log.info('Wrote %s', report.build(plan, state, schedule.total_steps))
+        page = report.build(plan, state, schedule.total_steps)
+        log.info('Wrote %s', page)
+        writer.add_figures(page.parent / report.FIGURES_DIR)  # to the W&B run, if any
     return final_eval
 
 
@@ -199,10 +206,7 @@ def _resume(plan: plan_lib.Plan, checkpointer: Checkpointer, train_iter, config_
         except UserError:
             raise
         except Exception as e:  # Orbax and TensorStore raise many types for damaged files.
-            damaged.append(checkpointer.move_aside(step))
-            log.warning('The checkpoint at step %d cannot be restored (%s: %s): moved it to %s; '
-                        'trying the one before', step, type(e).__name__,
-                        str(e).splitlines()[0][:120] if str(e) else '', damaged[-1])
+            damaged.append(_move_aside(checkpointer, step, e))
             continue
         if changed:
             log.warning('Resuming with a changed config: %s', '; '.join(changed))
@@ -210,10 +214,39 @@ def _resume(plan: plan_lib.Plan, checkpointer: Checkpointer, train_iter, config_
         log.info('Resumed from the checkpoint at step %d in %s', step, checkpointer.directory)
         return step, state, window
     if damaged:
-        raise UserError(f'no checkpoint in {checkpointer.directory} can be restored (moved to '
-                        f'{damaged[0].parent}): rerun to start again from step 0 in this workdir, '
-                        'or put back a copy of a good checkpoint there')
+        raise _none_restores(checkpointer, damaged[0])
     return None
+
+
+def _restores(plan: plan_lib.Plan, checkpointer: Checkpointer, step: int) -> bool:
+    """Whether the checkpoint at `step` (a finished run's last) restores, as _resume would
+    restore it: the arrays' bytes are read (no checksum says more for less). One that does not
+    is moved aside; with none before it, that is the UserError _resume gives."""
+    try:
+        checkpointer.check_compatible(step, plan.abstract_state)
+        checkpointer.restore(step, *plan_lib.abstract_checkpoint(plan))  # then dropped
+    except UserError:
+        raise
+    except Exception as e:  # Orbax and TensorStore raise many types for damaged files.
+        moved = _move_aside(checkpointer, step, e)
+        if checkpointer.latest_step() is None:
+            raise _none_restores(checkpointer, moved) from None
+        return False
+    return True
+
+
+def _move_aside(checkpointer: Checkpointer, step: int, error: Exception) -> epath.Path:
+    moved = checkpointer.move_aside(step)
+    log.warning('The checkpoint at step %d cannot be restored (%s: %s): moved it to %s; trying '
+                'the one before', step, type(error).__name__,
+                str(error).splitlines()[0][:120] if str(error) else '', moved)
+    return moved
+
+
+def _none_restores(checkpointer: Checkpointer, moved: epath.Path) -> UserError:
+    return UserError(f'no checkpoint in {checkpointer.directory} can be restored (moved to '
+                     f'{moved.parent}): rerun to start again from step 0 in this workdir, or put '
+                     'back a copy of a good checkpoint there')
 
 
 def _changed_keys(before: dict, after: dict, prefix: str = '') -> list[str]:

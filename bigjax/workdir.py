@@ -80,6 +80,16 @@ def move(source: epath.Path, target: epath.Path) -> None:
         source.rename(target)
 
 
+def read_json(path, advice: str):
+    """The JSON in the file `path`, or a one-line UserError naming it, where it breaks (a file
+    cut short, a stray character) and `advice`: what to do."""
+    try:
+        return json.loads(epath.Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f'{path} is not valid JSON ({e.msg} at line {e.lineno}, column '
+                        f'{e.colno}): {advice}') from None
+
+
 def write_config(workdir: epath.Path, config_json: dict) -> None:
     write_atomically(workdir / 'config.json', json.dumps(config_json, indent=2) + '\n')
 

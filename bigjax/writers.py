@@ -1,4 +1,4 @@
-"""Where a run's numbers go: metrics.jsonl, TensorBoard events, and the console.
+"""Where a run's numbers go: metrics.jsonl, TensorBoard events, Weights & Biases, the console.
 
 Only process 0 writes; on other processes every method does nothing.
 """
@@ -15,10 +15,14 @@ import tqdm
 from etils import epath
 
 from bigjax import workdir as workdir_lib
+from bigjax.errors import UserError
 
 METRICS_FILE = 'metrics.jsonl'
 EVAL_DIR = 'eval'  # <workdir>/eval/step_<N>.json: confusion matrix, per-class metrics, ROC
 OBJECT_STORE_FLUSH_SECONDS = 60.0  # gs://…: metrics.jsonl is rewritten whole, so not every line
+WRITERS = ('tensorboard', 'wandb')  # config.writers: where scalars go beside metrics.jsonl
+WANDB_MODES = ('online', 'offline', 'disabled')
+WANDB_ID_FILE = 'wandb_id'  # <workdir>/wandb_id: the W&B run id, resumed by every restart
 
 log = logging.getLogger('bigjax')
 
@@ -73,16 +77,38 @@ def format_values(values: dict) -> str:
                     for k, v in values.items())
 
 
+def check(config) -> None:
+    """Raises UserError for config.writers/config.wandb values that cannot work, and for 'wandb'
+    without its package (before anything is compiled or written)."""
+    unknown = [name for name in config.writers if name not in WRITERS]
+    if unknown or len(set(config.writers)) != len(config.writers):
+        raise UserError(f'config.writers={tuple(config.writers)!r} must name each of {WRITERS} '
+                        'at most once (metrics.jsonl is always written)')
+    if config.wandb.mode not in WANDB_MODES:
+        raise UserError(f'wandb.mode={config.wandb.mode!r} must be one of {WANDB_MODES}')
+    if not all(isinstance(tag, str) and tag for tag in config.wandb.tags):
+        raise UserError(f'wandb.tags={tuple(config.wandb.tags)!r} must be non-empty strings')
+    if 'wandb' in config.writers:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise UserError("config.writers includes 'wandb' but the wandb package is not "
+                            'installed: pip install wandb (or drop it from config.writers)'
+                            ) from None
+
+
 class MetricWriter:
     """Appends `{"step", "split", ..., "time"}` lines to metrics.jsonl (time: Unix seconds) and
-    scalars to TensorBoard; eval details go to eval/step_<N>.json."""
+    scalars to TensorBoard and/or a W&B run (config.writers); eval details go to
+    eval/step_<N>.json."""
 
-    def __init__(self, workdir, *, enabled: bool, start_step: int):
-        """On resume (start_step > 0) what was written after the restored step is dropped."""
+    def __init__(self, workdir, *, enabled: bool, start_step: int, config=None):
+        """On resume (start_step > 0) what was written after the restored step is dropped.
+        `config` (the run's) names the writers and holds the W&B settings; None = TensorBoard."""
         self.enabled = enabled
         self.workdir = epath.Path(workdir)
         self.path = self.workdir / METRICS_FILE
-        self.tensorboard = None
+        self.tensorboard = self.wandb = None
         if not enabled:
             return
         kept = [row for row in read_metrics(workdir) if row.get('step', 0) <= start_step]
@@ -93,12 +119,16 @@ class MetricWriter:
             for path in (self.workdir / EVAL_DIR).glob('step_*.json'):
                 if int(path.stem.split('_')[1]) > start_step:
                     path.unlink()
-        tensorboardx = _tensorboardx()
-        if self.object_store:
-            _register_object_store_events(self.workdir)
-        # TensorBoard hides events at steps >= purge_step that earlier runs left behind.
-        self.tensorboard = tensorboardx.SummaryWriter(str(epath.Path(workdir) / 'tensorboard'),
-                                                      purge_step=start_step + 1)
+        names = ('tensorboard',) if config is None else config.writers
+        if 'tensorboard' in names:
+            tensorboardx = _tensorboardx()
+            if self.object_store:
+                _register_object_store_events(self.workdir)
+            # TensorBoard hides events at steps >= purge_step that earlier runs left behind.
+            self.tensorboard = tensorboardx.SummaryWriter(
+                str(epath.Path(workdir) / 'tensorboard'), purge_step=start_step + 1)
+        if 'wandb' in names:
+            self.wandb = WandbRun(self.workdir, config)
 
     def write(self, step: int, split: str, values: dict) -> None:
         """Appends a line (on an object store: rewrites the file, at most every
@@ -112,10 +142,13 @@ class MetricWriter:
             else:
                 with self.path.open('a') as f:
                     f.write(json.dumps(row) + '\n')
-            for name, value in values.items():
-                self.tensorboard.add_scalar(f'{split}/{name}', value, int(step))
+            if self.tensorboard is not None:
+                for name, value in values.items():
+                    self.tensorboard.add_scalar(f'{split}/{name}', value, int(step))
         except OSError as e:
             raise workdir_lib.write_failed(self.workdir, e) from None
+        if self.wandb is not None:
+            self.wandb.log(step, {f'{split}/{name}': value for name, value in values.items()})
         if not self.object_store or time.monotonic() - self.flushed_at > OBJECT_STORE_FLUSH_SECONDS:
             self.flush()
 
@@ -127,7 +160,8 @@ class MetricWriter:
         try:
             if self.object_store and len(self.rows) != self.rewritten_rows:
                 self._rewrite()
-            self.tensorboard.flush()
+            if self.tensorboard is not None:
+                self.tensorboard.flush()
         except OSError as e:
             raise workdir_lib.write_failed(self.workdir, e) from None
         self.flushed_at = time.monotonic()
@@ -146,9 +180,70 @@ class MetricWriter:
                 raise workdir_lib.write_failed(self.workdir, e) from None
 
     def close(self) -> None:
+        if not self.enabled:
+            return
+        self.flush()
         if self.tensorboard is not None:
-            self.flush()
             self.tensorboard.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+    def add_figures(self, folder) -> None:
+        """W&B: the report's PNG figures (report.build's folder), after close()."""
+        if self.enabled and self.wandb is not None:
+            self.wandb.add_figures(epath.Path(folder))
+
+
+class WandbRun:
+    """The run's W&B run: the id kept in <workdir>/wandb_id, so every restart of the workdir
+    resumes the same run (resume='allow'); the config; scalars at the run's steps.
+
+    W&B takes steps in increasing order only: after a resume from step s it keeps the points the
+    stopped run logged beyond s and ignores, with a warning, the resumed run's at those steps
+    (the same numbers but for throughput: a resume is bitwise exact). Offline, each (re)start
+    is a folder of its own with the same id, which `wandb sync` uploads in order. Files go to
+    $WANDB_DIR if set, else the workdir (a local one), else wandb's default (./wandb)."""
+
+    def __init__(self, workdir: epath.Path, config):
+        self.workdir, self.config = workdir, config
+        self.run = self._start(json.loads(config.to_json_best_effort()))
+
+    def _start(self, config_json: dict | None):
+        import wandb
+        c = self.config.wandb
+        id_file = self.workdir / WANDB_ID_FILE
+        local = not workdir_lib.is_object_store(self.workdir)
+        try:
+            run = wandb.init(
+                project=c.project, entity=c.entity or None, group=c.group or None,
+                tags=list(c.tags) or None, name=c.name or self.workdir.name,
+                id=id_file.read_text().strip() if id_file.exists() else None, resume='allow',
+                mode=os.environ.get('WANDB_MODE') or c.mode, config=config_json,
+                dir=os.environ.get('WANDB_DIR') or (os.fspath(self.workdir) if local else None),
+                reinit='create_new')  # never a run of the caller's that is still open
+        except wandb.errors.Error as e:
+            raise UserError(f'W&B could not start the run ({str(e).splitlines()[0][:160]}): run '
+                            "`wandb login`, or set wandb.mode='offline' (sync later with `wandb "
+                            "sync`) or drop 'wandb' from config.writers") from None
+        if not id_file.exists():
+            workdir_lib.write_atomically(id_file, run.id + '\n')
+        return run
+
+    def log(self, step: int, scalars: dict) -> None:
+        self.run.log(scalars, step=int(step))
+
+    def finish(self) -> None:
+        self.run.finish()
+
+    def add_figures(self, folder: epath.Path) -> None:
+        """The PNGs in `folder` as images in the run's summary (report/<name>), the run reopened
+        for them."""
+        import wandb
+        from PIL import Image
+        run = self._start(None)
+        run.summary.update({f'report/{path.stem}': wandb.Image(Image.open(io.BytesIO(
+            path.read_bytes()))) for path in sorted(folder.glob('*.png'))})
+        run.finish()
 
 
 class _ObjectEvents:

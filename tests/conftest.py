@@ -1,5 +1,6 @@
 """Test setup: 8 host devices (so every test runs sharded), CPU only even where libtpu is
-installed (it compiles TPU programs here: tests/test_compile.py), and a private tfds data_dir."""
+installed (it compiles TPU programs here: tests/test_compile.py), and a private tfds data_dir
+and JAX compilation cache (the user's ~/.cache/bigjax/jax is neither read nor written)."""
 
 import os
 import pathlib
@@ -11,12 +12,22 @@ os.environ['TPU_SKIP_MDS_QUERY'] = '1'  # libtpu: no wait on a TPU VM's metadata
 DEVICES_FLAG = '--xla_force_host_platform_device_count=8'  # pytest-xdist's workers inherit it
 if DEVICES_FLAG not in os.environ.get('XLA_FLAGS', ''):
     os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {DEVICES_FLAG}".strip()
-# A tfds data_dir of the suite's own unless the user set one; each pytest-xdist worker makes its
-# own rather than share the one it inherits.
-PRIVATE_TFDS_DIR = None
-if os.environ.get('TFDS_DATA_DIR') in (None, os.environ.get('BIGJAX_TESTS_TFDS_DIR')):
-    PRIVATE_TFDS_DIR = tempfile.mkdtemp(prefix='bigjax_tfds_')
-    os.environ['TFDS_DATA_DIR'] = os.environ['BIGJAX_TESTS_TFDS_DIR'] = PRIVATE_TFDS_DIR
+
+
+def private_dir(variable: str, prefix: str) -> str | None:
+    """A temporary folder of the suite's own in $variable (launch.py subprocesses inherit it),
+    unless the user set one; each pytest-xdist worker makes its own rather than share the one it
+    inherits. Removed at the end (pytest_unconfigure)."""
+    inherited = f'BIGJAX_TESTS_{variable}'
+    if os.environ.get(variable) not in (None, os.environ.get(inherited)):
+        return None
+    os.environ[variable] = os.environ[inherited] = tempfile.mkdtemp(prefix=prefix)
+    return os.environ[variable]
+
+
+PRIVATE_DIRS = [folder for folder in (private_dir('TFDS_DATA_DIR', 'bigjax_tfds_'),
+                                      private_dir('BIGJAX_COMPILATION_CACHE_DIR', 'bigjax_jax_'))
+                if folder]
 
 import jax  # noqa: E402  (after XLA_FLAGS)
 import pytest  # noqa: E402
@@ -53,8 +64,8 @@ def fused_attention_takes_the_kernel(monkeypatch):
 
 
 def pytest_unconfigure(config):
-    if PRIVATE_TFDS_DIR:
-        shutil.rmtree(PRIVATE_TFDS_DIR, ignore_errors=True)
+    for folder in PRIVATE_DIRS:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope='session', autouse=True)

@@ -1,6 +1,7 @@
 """Ahead-of-time compilation for TPU slices on this CPU machine (bigjax/aot.py): XLA's TPU
 compiler from libtpu decides whether the shipped accelerator configs fit their hardware."""
 
+import dataclasses
 import importlib.util
 import json
 import subprocess
@@ -84,6 +85,21 @@ def test_a_config_that_does_not_fit_is_one_line_naming_the_levers():
     with pytest.raises(UserError, match=r'does not fit: it needs [\d.]+ GiB per chip, a TPU v5e '
                        r'has 15.75 GiB \(activations .*logits_chunk'):
         aot.compile_config(config, 'v5e-8')
+
+
+def test_a_program_the_compiler_accepts_but_the_chip_cannot_hold_is_refused(monkeypatch):
+    """XLA:GPU compiles a program larger than the GPU; aot's own check against the chip's memory
+    is what refuses it there. A v5e said to hold 1 MiB stands in for that chip here."""
+    real_devices = hardware.devices
+
+    def tiny_chips(name, num_slices=1):
+        devices, chip = real_devices(name, num_slices)
+        return devices, dataclasses.replace(chip, memory_gib=2 ** -10)
+
+    monkeypatch.setattr(hardware, 'devices', tiny_chips)
+    with pytest.raises(UserError, match=r'v5e-4 does not fit: it needs [\d.]+ GiB per chip, a TPU '
+                       r'v5e has 0.0009765625 GiB \(.* dominate'):
+        aot.compile_config(load_config('transformer_tpu', 'smoke'), 'v5e-4')
 
 
 @pytest.mark.parametrize('name', ['v5e-3', 'v7-8', 'v4-4', 'tpu', 'h100-12'])

@@ -58,7 +58,7 @@ def arrays(n=10):
 
 def test_train_iterator_epochs_are_permutations_without_repeats():
     it = data.ArrayTrainIterator(arrays(10), global_batch_size=3, seed=0)
-    assert it.steps_per_epoch == 3
+    assert it.order.steps_per_epoch == 3
     epoch0 = np.concatenate([next(it)['label'] for _ in range(3)])
     epoch1 = np.concatenate([next(it)['label'] for _ in range(3)])
     assert len(set(epoch0)) == 9 and len(set(epoch1)) == 9

@@ -1,7 +1,9 @@
-"""Faults lose nothing: SIGTERM and kill -9 at random moments, a damaged newest checkpoint, a full
-disk, and a second run on a held workdir; each followed by a rerun that ends bitwise identical."""
+"""Faults lose nothing: SIGTERM, SIGINT and kill -9 at random moments, a second signal during the
+save, a damaged newest (or final) checkpoint, a full disk met by a save or a metrics line, and a
+second run on a held workdir; each followed by a rerun that ends bitwise identical."""
 
 import errno
+import os
 import signal
 import socket
 import subprocess
@@ -12,8 +14,11 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from etils import epath
 
 from bigjax import train, writers
+from bigjax import plan as plan_lib
+from bigjax.checkpoint import Checkpointer
 from bigjax.errors import UserError
 from conftest import REPO, load_config
 
@@ -55,9 +60,16 @@ def interrupt_while_training(process, workdir, started: float, delay_s: float, s
     pytest.fail('the run ended before it could be interrupted:\n' + process.stdout.read())
 
 
-def test_sigterm_and_kill_9_at_random_moments_then_rerun_is_bitwise_identical(tmp_path):
-    code, output = launch(tmp_path / 'straight')
+@pytest.fixture(scope='module')
+def launched_straight(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp('launched_straight')
+    code, output = launch(workdir)
     assert code == 0, output
+    return workdir
+
+
+def test_sigterm_and_kill_9_at_random_moments_then_rerun_is_bitwise_identical(
+        tmp_path, launched_straight):
     workdir, rng = tmp_path / 'interrupted', np.random.default_rng(0)
     for signum in (signal.SIGTERM, signal.SIGKILL, signal.SIGTERM):
         before, started = (saved_steps(workdir) or [0])[-1], time.time()
@@ -76,9 +88,24 @@ def test_sigterm_and_kill_9_at_random_moments_then_rerun_is_bitwise_identical(tm
     code, output = launch(workdir)
     assert code == 0 and 'Resumed from the checkpoint' in output, output
     assert (without_timing(writers.read_metrics(workdir)) ==
-            without_timing(writers.read_metrics(tmp_path / 'straight')))
+            without_timing(writers.read_metrics(launched_straight)))
     code, output = launch(workdir)
     assert code == 0 and 'already finished at step 600' in output, output
+
+
+def test_sigint_the_notebooks_stop_button_saves_the_step_and_the_rerun_ends_the_same(
+        tmp_path, launched_straight):
+    process = launch(tmp_path, wait=False)
+    interrupt_while_training(process, tmp_path, time.time(), 0.2, signal.SIGINT)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    [line] = [line for line in output.splitlines() if 'Interrupted by SIGINT' in line]
+    step = int(line.split('saved step ')[1].split()[0])
+    assert step in saved_steps(tmp_path) and 'Traceback' not in output, (line, output)
+    code, output = launch(tmp_path)
+    assert code == 0 and f'Resumed from the checkpoint at step {step}' in output, output
+    assert (without_timing(writers.read_metrics(tmp_path)) ==
+            without_timing(writers.read_metrics(launched_straight)))
 
 
 def digits(**train_overrides):
@@ -139,13 +166,62 @@ def test_only_the_newest_keep_checkpoints_stay_and_the_run_resumes_from_them(tmp
     assert_same_run(tmp_path, straight)
 
 
-def test_no_restorable_checkpoint_is_a_clear_error_that_keeps_them(tmp_path):
+def test_no_restorable_checkpoint_is_a_clear_error_that_keeps_them_and_the_rerun_starts_over(
+        tmp_path, straight, capsys):
     train.run(digits(), tmp_path, stop_at_step=10)
     damage(tmp_path / 'checkpoints' / '10', 'delete')
     with pytest.raises(UserError, match=r'no checkpoint in .*checkpoints can be restored \(moved '
                                         r'to .*checkpoints.damaged\): rerun to start again'):
         train.run(digits(), tmp_path)
     assert (tmp_path / 'checkpoints.damaged' / '10').is_dir()
+    capsys.readouterr()
+    train.run(digits(), tmp_path)  # as the error says: from step 0, to the end
+    assert 'Resumed' not in capsys.readouterr().err
+    assert_same_run(tmp_path, straight)
+
+
+def test_a_damaged_final_checkpoint_is_not_finished_the_one_before_resumes(
+        tmp_path, straight, capsys):
+    train.run(digits(), tmp_path)
+    damage(tmp_path / 'checkpoints' / '30', 'truncate')
+    with pytest.raises(UserError, match=r'the checkpoint at step 30 in .*checkpoints cannot be '
+                                        r'restored \(\w+\): rerun training on this workdir'):
+        plan_lib.load_state(digits(), tmp_path)  # what sample, report and export meet
+    capsys.readouterr()
+    train.run(digits(), tmp_path)
+    log = capsys.readouterr().err
+    assert 'already finished' not in log, log
+    assert 'The checkpoint at step 30 cannot be restored' in log
+    assert 'Resumed from the checkpoint at step 20' in log
+    assert (tmp_path / 'checkpoints.damaged' / '30').is_dir()
+    assert_same_run(tmp_path, straight)
+    assert plan_lib.load_state(digits(), tmp_path)[2] == 30
+    train.run(digits(), tmp_path)
+    assert 'already finished at step 30' in capsys.readouterr().err
+
+
+def test_a_second_signal_during_the_save_is_only_logged_and_the_save_completes(
+        tmp_path, straight, monkeypatch, capsys):
+    save = Checkpointer.save
+
+    def signalled(self, step, *args):
+        if step == 10:
+            os.kill(os.getpid(), signal.SIGINT)  # the stop button: the run stops after step 11
+        save(self, step, *args)
+        if step == 11:
+            os.kill(os.getpid(), signal.SIGINT)  # pressed again, while step 11 is being written
+
+    monkeypatch.setattr(Checkpointer, 'save', signalled)
+    try:
+        assert train.run(digits(), tmp_path) is None
+    except KeyboardInterrupt:
+        pytest.fail('the second SIGINT cut the save short')
+    log = capsys.readouterr().err
+    assert 'SIGINT received while stopping' in log and 'Interrupted by SIGINT: saved step 11' in log
+    monkeypatch.undo()
+    train.run(digits(), tmp_path)
+    assert 'Resumed from the checkpoint at step 11' in capsys.readouterr().err
+    assert_same_run(tmp_path, straight)
 
 
 def test_full_disk_is_a_clear_error_and_the_rerun_resumes(tmp_path, straight, monkeypatch):
@@ -159,6 +235,58 @@ def test_full_disk_is_a_clear_error_and_the_rerun_resumes(tmp_path, straight, mo
     monkeypatch.setattr(ocp.CheckpointManager, 'save', disk_full_at_20)
     with pytest.raises(UserError, match=r'writing .*checkpoints failed \(no space left on the '
                                         r'device; [\d,]+ MB free there\): free some space'):
+        train.run(digits(), tmp_path)
+    assert saved_steps(tmp_path) == [10]
+    monkeypatch.undo()
+    train.run(digits(), tmp_path)
+    assert_same_run(tmp_path, straight)
+
+
+def test_a_full_disk_met_when_the_asynchronous_save_is_awaited_is_a_clear_error(
+        tmp_path, straight, monkeypatch):
+    """Where a real full disk shows: the write in the background fails, wait() reports it (Orbax
+    raises it once, and the step never lands)."""
+    wait, failed = ocp.CheckpointManager.wait_until_finished, []
+
+    def disk_full_writing_30(self):
+        wait(self)
+        if 30 in self.all_steps() and not failed:
+            failed.append(30)
+            (self.directory / '30').rmtree()
+            self.reload()
+            raise OSError(errno.ENOSPC, 'No space left on device')
+
+    monkeypatch.setattr(ocp.CheckpointManager, 'wait_until_finished', disk_full_writing_30)
+    with pytest.raises(UserError, match=r'writing .*checkpoints failed \(no space left on the '
+                                        r'device; [\d,]+ MB free there\): free some space'):
+        train.run(digits(), tmp_path)
+    assert failed and saved_steps(tmp_path) == [10, 20]
+    monkeypatch.undo()
+    train.run(digits(), tmp_path)
+    assert_same_run(tmp_path, straight)
+
+
+def test_a_failed_metrics_write_is_a_clear_error_and_the_rerun_ends_the_same(
+        tmp_path, straight, monkeypatch):
+    """The disk fills while a metrics line is half written: the line is cut short."""
+    path_type, open_ = type(epath.Path(tmp_path)), type(epath.Path(tmp_path)).open
+
+    def full_at_step_20(self, mode='r', *args, **kwargs):
+        file = open_(self, mode, *args, **kwargs)
+        if self.name == writers.METRICS_FILE and mode == 'a':
+            write = file.write
+
+            def cut_short(text):
+                if text.startswith('{"step": 20,'):
+                    write(text[:len(text) // 2])
+                    raise OSError(errno.ENOSPC, 'No space left on device')
+                return write(text)
+            file.write = cut_short
+        return file
+
+    monkeypatch.setattr(path_type, 'open', full_at_step_20)
+    with pytest.raises(UserError, match=rf'writing {tmp_path} failed \(no space left on the '
+                                        r'device; [\d,]+ MB free there\)'):
         train.run(digits(), tmp_path)
     assert saved_steps(tmp_path) == [10]
     monkeypatch.undo()

@@ -73,15 +73,24 @@ def test_imported_models_give_transformers_logits_and_export_back(family, tmp_pa
     assert_close(torch_logits(reloaded), expected)
 
 
-def test_a_bigjax_model_without_biases_exports_as_gpt2_with_zero_biases(tmp_path):
-    cfg = TransformerConfig(width=32, depth=2, num_heads=4, mlp_dim=64, max_len=16)
-    model = TransformerLM(cfg, 100)
+@pytest.mark.parametrize('scan_layers', [False, True])
+def test_a_bigjax_model_without_biases_exports_as_gpt2_with_zero_biases(scan_layers, tmp_path):
+    """export.hf_model on a GPT-2-like model with no biases (the default bias=()), its blocks
+    one by one or scanned (stacked on a layer axis): transformers loads it with bigjax's logits."""
+    from types import SimpleNamespace
+
+    from bigjax import export
+    cfg = TransformerConfig(width=32, depth=2, num_heads=4, mlp_dim=64, max_len=16,
+                            scan_layers=scan_layers)
+    model = TransformerLM(cfg, tokenizers.ByteTokenizer.vocab_size)
     params = nn.unbox(model.init(jax.random.key(0), TOKENS, train=False)['params'])
+    assert cfg.bias == () and hf.scanned(pytree.flat(params)) == scan_layers
+    plan = SimpleNamespace(dataset=SimpleNamespace(  # what hf_model reads of a run's plan
+        vocab_size=tokenizers.ByteTokenizer.vocab_size, tokenizer=tokenizers.ByteTokenizer(),
+        chat=None))
     options = {field: getattr(cfg, field) for field in cfg.__dataclass_fields__}
-    exported_config = hf_families.hf_config(options, 100)
-    assert exported_config['model_type'] == 'gpt2'
-    (tmp_path / 'config.json').write_text(json.dumps(exported_config))
-    hf.write_safetensors(tmp_path / 'model.safetensors', hf.from_params(params, exported_config))
+    summary = export.hf_model(plan, params, options, tmp_path)
+    assert summary.startswith('a Hugging Face gpt2 model')
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert_close(torch_logits(reloaded), np.asarray(model.apply({'params': params}, TOKENS,
                                                                 train=False)))
@@ -131,6 +140,49 @@ def test_todays_families_give_transformers_logits_and_generations_and_export_bac
     assert_close(torch_logits(reloaded), expected)
 
 
+def test_a_mistral_without_a_sliding_window_attends_to_every_token_as_transformers_does(
+        tmp_path):
+    """sliding_window unset (null): every layer global, transformers' logits, and the export
+    (a Llama, which has no window) loads back with them."""
+    config = family('mistral')
+    config.sliding_window = None
+    model = saved(config, tmp_path / 'hf')
+    expected = torch_logits(model)
+    hf_config = hf.read_config(tmp_path / 'hf')
+    assert hf_config['model_type'] == 'mistral' and hf_config['sliding_window'] is None
+    options = hf_families.transformer_options(hf_config)
+    assert (options['window'], options['global_every']) == (0, 0)
+    params = hf.to_params(hf.Tensors(tmp_path / 'hf'), hf_config, scan_layers=True)
+    assert_close(bigjax_logits(params, options, scan_layers=True), expected)
+
+    out = tmp_path / 'exported'
+    out.mkdir()
+    vocab_size = options.pop('vocab_size')
+    exported_config = hf_families.hf_config(options, vocab_size)
+    assert exported_config['model_type'] == 'llama'
+    (out / 'config.json').write_text(json.dumps(exported_config))
+    hf.write_safetensors(out / 'model.safetensors', hf.from_params(params, exported_config))
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert_close(torch_logits(reloaded), expected)
+
+
+def test_published_configs_in_the_old_form_keep_their_rotary_base_and_scaling():
+    """Hub config.json files carry rope_theta / rope_scaling at the top (tests/hf_configs): read
+    as such, not as rotary base 10,000 unscaled."""
+    def options(name):
+        path = epath.Path(__file__).parent / 'hf_configs' / f'{name}.json'
+        return hf_families.transformer_options(json.loads(path.read_text()))
+    smol = options('SmolLM2-135M')
+    assert (smol['rope_theta'], smol['rope_scaling']) == (100_000.0, 'none')
+    llama3 = options('Llama-3.2-1B')
+    assert (llama3['rope_theta'], llama3['rope_scaling'], llama3['rope_factor'],
+            llama3['rope_original_max_len'], llama3['rope_low_freq_factor'],
+            llama3['rope_high_freq_factor']) == (500_000.0, 'llama3', 32.0, 8192, 1.0, 4.0)
+    gemma = options('gemma-3-1b-it')
+    assert (gemma['rope_theta'], gemma['rope_local_theta'], gemma['global_every'],
+            gemma['window']) == (1_000_000.0, 10_000.0, 6, 512)
+
+
 @pytest.mark.parametrize('config, message', [
     (lambda: transformers.BertConfig(), "model_type 'bert' is not supported"),
     (lambda: llama(rope_parameters={'rope_type': 'dynamic', 'factor': 2.0, 'rope_theta': 1e4}),
@@ -177,15 +229,20 @@ def test_fine_tune_a_hugging_face_gemma_3_with_its_own_tokenizer(tmp_path):
     assert np.abs(np.asarray(state.params['encoder']['block1']['attention'][
         'qkv_lora_b'])).max() > 0  # the adapters trained
     text = sample.from_workdir(config, workdir, 'def ', num_tokens=8, temperature=0.0, top_k=0)
-    assert isinstance(text, str) and '<|endoftext|>' not in text
     summary = export.export(config, workdir, tmp_path / 'out', 'hf')
     assert 'gemma3_text model, with its tokenizer (LoRA adapters merged)' in summary
-    assert tokenizers.PretrainedTokenizer(str(tmp_path / 'out')).eos_id == 0  # its own, again
+    exported_tokenizer = tokenizers.PretrainedTokenizer(str(tmp_path / 'out'))
+    assert exported_tokenizer.eos_id == 0  # its own, again
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / 'out').eval()
     merged = plan.model.apply({'params': state.params}, TOKENS % vocab_size, train=False)
     with torch.no_grad():
         logits = reloaded(torch.tensor(TOKENS % vocab_size)).logits.numpy()
+        # The sample is the fine-tuned model's greedy continuation, decoded by its tokenizer.
+        prompt = [0, *exported_tokenizer.encode_batch(['def '])[0]]  # after an end of text
+        greedy = reloaded.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False,
+                                   eos_token_id=None, pad_token_id=0)[0, len(prompt):].numpy()
     assert_close(logits, np.asarray(merged))
+    assert text == exported_tokenizer.decode(greedy)
 
 
 def test_a_models_own_tokenizer_round_trips_counts_bytes_and_names_its_ids(tmp_path):
@@ -223,8 +280,8 @@ def test_org_name_resolves_through_the_hugging_face_cache(tmp_path, monkeypatch)
     config.init_from.path = 'hf:org/tiny'
     assert finetune.checkpoint_directory(config.init_from) == epath.Path(snapshot)
     assert tokenizers.PretrainedTokenizer('org/tiny').eos_id == 0
-    with pytest.raises(UserError, match=r'hf:org/missing: no such folder.*huggingface-cli '
-                                        'download org/missing') as error:
+    with pytest.raises(UserError, match=r'hf:org/missing: no such folder.*`hf download '
+                                        'org/missing`') as error:
         hf.folder('hf:org/missing')
     assert '\n' not in str(error.value)
 

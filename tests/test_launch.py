@@ -38,3 +38,22 @@ def test_missing_config_file_is_a_one_line_error(tmp_path):
     code, output = launch(tmp_path / 'run', config='configs/nope.py')
     assert code == 1 and output.strip() == (
         "error: cannot load the config file: [Errno 2] No such file or directory: 'configs/nope.py'")
+
+
+@pytest.mark.parametrize('mode', ['sample', 'export'])
+def test_a_read_only_mode_on_a_workdir_without_a_checkpoint_is_one_line_and_writes_nothing(
+        tmp_path, mode):
+    code, output = launch(tmp_path / 'run', f'--mode={mode}', f'--export_dir={tmp_path / "out"}')
+    assert code == 1 and output.strip() == (
+        f'error: {tmp_path / "run"} holds no checkpoint: train there first'), output
+    assert not (tmp_path / 'run').exists() and not (tmp_path / 'out').exists()
+
+
+def test_a_damaged_hugging_face_config_json_is_one_line_naming_where(tmp_path):
+    (tmp_path / 'config.json').write_text('{"model_type": "llama",\n "hidden_size": 6')
+    code, output = launch(tmp_path / 'run', config=f'configs/hf_finetune.py:{tmp_path}')
+    assert code == 1 and output.strip() == (
+        f"error: {tmp_path / 'config.json'} is not valid JSON (Expecting ',' delimiter at line 2, "
+        "column 18): a model's config.json is cut short or damaged: fetch the model again "
+        "(hf download, or transformers' save_pretrained)"), output
+    assert not (tmp_path / 'run').exists()

@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import struct
+import time
 
 import fsspec
 import numpy as np
@@ -20,10 +21,11 @@ from test_files import text_config, write
 
 
 class ObjectStore(MemoryFileSystem):
-    """No append; a rename is a copy and a delete, recorded so tests can show none happened."""
+    """No append; a rename is a copy and a delete, recorded so tests can show none happened;
+    every object opened for writing is recorded too."""
 
     protocol = ('gs', 'gcs')
-    store, pseudo_dirs, renamed = {}, [''], []
+    store, pseudo_dirs, renamed, written = {}, [''], [], []
 
     @classmethod
     def _strip_protocol(cls, path):
@@ -35,6 +37,8 @@ class ObjectStore(MemoryFileSystem):
     def _open(self, path, mode='rb', **kwargs):
         if 'a' in mode:
             raise OSError(errno.EOPNOTSUPP, 'an object store has no append', path)
+        if 'w' in mode or 'x' in mode:
+            self.written.append(path)
         return super()._open(path, mode, **kwargs)
 
     def mv(self, path1, path2, **kwargs):
@@ -54,6 +58,7 @@ def gs(monkeypatch, tmp_path):
     ObjectStore.store.clear()
     ObjectStore.pseudo_dirs[:] = ['']
     ObjectStore.renamed.clear()
+    ObjectStore.written.clear()
     yield ObjectStore
     backend.fsspec_backend._get_filesystem.cache_clear()
     assert not ObjectStore.renamed, f'renamed in the object store: {ObjectStore.renamed}'
@@ -103,17 +108,53 @@ def test_metrics_details_config_and_events_resume_on_an_object_store(gs, monkeyp
     assert (root / report.FIGURES_DIR / 'empty.png').read_bytes() == b'\x89PNG'
 
 
-def test_a_damaged_checkpoint_is_moved_aside_by_copying(gs):
-    step = epath.Path('gs://bucket/run/checkpoints/7')
-    (step / 'state').mkdir(parents=True)
-    (step / 'state' / 'array').write_bytes(b'\x00' * 100)
-    (step / '_CHECKPOINT_METADATA').write_text('{}')
-    target = epath.Path('gs://bucket/run/checkpoints.damaged/7')
-    workdir.move(step, target)
-    assert not step.exists()
-    assert (target / 'state' / 'array').read_bytes() == b'\x00' * 100
-    assert (target / '_CHECKPOINT_METADATA').read_text() == '{}'
-    assert checkpoint.workdir_lib is workdir  # Checkpointer.move_aside moves with workdir.move
+def test_a_flush_with_nothing_new_rewrites_no_object(gs):
+    """metrics.jsonl and the TensorBoard events are rewritten whole on an object store: only when
+    rows or events were added since they were last written."""
+    root = workdir.resolve('gs://bucket/runs/a')
+    metrics = '/bucket/runs/a/' + writers.METRICS_FILE
+    writer = writers.MetricWriter(root, enabled=True, start_step=0)
+    writer.write(10, 'train', {'loss': 0.5})
+    deadline = time.monotonic() + 30  # until tensorboardX's thread has handed the event over
+    while writer.flush() or event_tags(root / 'tensorboard') != {'train/loss': [10]}:
+        assert time.monotonic() < deadline, 'the event at step 10 was never written'
+        time.sleep(0.01)
+    gs.written.clear()
+    writer.flush()
+    writer.flush()
+    assert gs.written == []
+    writer.write(20, 'train', {'loss': 0.25})
+    writer.flush()
+    writer.close()  # tensorboardX flushes several times at close
+    events = [path for path in gs.written if path != metrics]
+    assert gs.written.count(metrics) == 1 and len(events) == 1, gs.written
+    assert [row['step'] for row in writers.read_metrics(root)] == [10, 20]
+    assert event_tags(root / 'tensorboard') == {'train/loss': [10, 20]}
+
+
+def test_the_checkpointer_moves_a_damaged_checkpoint_aside_by_copying(gs, monkeypatch):
+    """Checkpointer.move_aside on gs:// (no rename there): the newest step's files copied to
+    checkpoints.damaged/<step>, then deleted; the step before is then the newest."""
+    from orbax.checkpoint._src.path import gcs_utils  # asks GCS's API; this bucket is flat
+    monkeypatch.setattr(gcs_utils, 'is_hierarchical_namespace_enabled', lambda path: False)
+    run = epath.Path('gs://bucket/run')
+    for step in (5, 7):
+        folder = run / 'checkpoints' / str(step)
+        (folder / 'state').mkdir(parents=True)
+        (folder / 'state' / 'array').write_bytes(bytes([step]) * 100)
+        (folder / '_CHECKPOINT_METADATA').write_text('{}')
+        (folder / 'commit_success.txt').write_text('')  # a finished step on gs://
+    with checkpoint.Checkpointer(run, keep=3) as checkpointer:
+        assert checkpointer.latest_step() == 7
+        target = checkpointer.move_aside(7)
+        assert target == run / checkpoint.DAMAGED_DIR / '7'
+        assert checkpointer.latest_step() == 5
+        assert not (run / 'checkpoints' / '7').exists()
+        assert (target / 'state' / 'array').read_bytes() == b'\x07' * 100
+        assert (target / '_CHECKPOINT_METADATA').read_text() == '{}'
+        assert checkpointer.move_aside(5) == run / checkpoint.DAMAGED_DIR / '5'
+        assert checkpointer.latest_step() is None
+    assert not gs.renamed, gs.renamed
 
 
 def test_token_caches_in_an_object_store_are_shared_by_hosts_and_the_next_vm(gs, tmp_path,

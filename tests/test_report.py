@@ -155,6 +155,18 @@ def test_report_on_a_workdir_without_a_run_is_a_one_line_error(tmp_path, capsys,
         report.from_workdir(None, tmp_path / 'missing')
 
 
+def test_report_on_a_workdir_whose_config_json_is_cut_short_is_a_one_line_error(tmp_path, capsys):
+    text = load_config('cnn_digits', 'smoke').to_json_best_effort()
+    (tmp_path / 'config.json').write_text(text[:len(text) // 2])
+    with pytest.raises(SystemExit):
+        report.main(['report', str(tmp_path)])
+    message = capsys.readouterr().err.strip()
+    assert message.startswith(f'error: {tmp_path / "config.json"} is not valid JSON (')
+    assert re.search(r' at line \d+, column \d+\): ', message), message
+    assert message.endswith("pass the run's config file instead: python launch.py --config=CONFIG "
+                            f'--workdir={tmp_path} --mode=report') and '\n' not in message
+
+
 def chromium_dom(url: str, tmp_path) -> str:
     browser = shutil.which('chromium') or shutil.which('chromium-browser')
     if browser is None:

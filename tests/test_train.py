@@ -1,4 +1,6 @@
 import json
+import os
+import pathlib
 import subprocess
 import sys
 
@@ -8,6 +10,7 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
+from bigjax import config as config_lib
 from bigjax import platform, train, writers
 from bigjax.data.sources import LOCAL_BUILDERS
 from bigjax.errors import UserError
@@ -88,6 +91,27 @@ def test_resume_after_interruption_is_bitwise_identical(tmp_path):
             without_timing(writers.read_metrics(tmp_path / 'straight')))
     jax.tree.map(np.testing.assert_array_equal, final_params(tmp_path / 'resumed', 24),
                  final_params(tmp_path / 'straight', 24))
+
+
+def test_the_suite_keeps_compiled_steps_out_of_the_users_compilation_cache(tmp_path):
+    """conftest gives the tests a cache of their own, in $BIGJAX_COMPILATION_CACHE_DIR (the
+    launch.py subprocesses inherit it): ~/.cache/bigjax/jax is not written."""
+    users = pathlib.Path('~/.cache/bigjax/jax').expanduser()
+    listing = lambda: sorted(users.iterdir()) if users.is_dir() else []
+    suites = os.environ.get(config_lib.CACHE_VARIABLE, '')
+    assert suites and pathlib.Path(suites) != users, 'conftest sets no cache of the suite\'s own'
+    before, suites = listing(), pathlib.Path(suites)
+    min_seconds = jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+    jax.clear_caches()  # compiled afresh, as in a new process
+    try:
+        config = digits_smoke(num_steps=2, log_every=2, eval_every=2, checkpoint_every=2)
+        train.run(config, tmp_path)
+    finally:
+        jax.config.update('jax_persistent_cache_min_compile_time_secs', min_seconds)
+    assert suites != users and pathlib.Path(config.compilation_cache_dir) == suites
+    assert any(p.name.startswith('jit__train') for p in suites.iterdir())
+    assert listing() == before
 
 
 def test_a_new_run_loads_its_compiled_steps_from_the_compilation_cache(tmp_path):

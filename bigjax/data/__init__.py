@@ -6,11 +6,11 @@ TensorFlow and tfds are imported lazily, only when a tfds dataset is opened.
 """
 
 from bigjax.data import describe as _describe
-from bigjax.data import chat, exceptions_chat, image_folder, pairs, text_files
+from bigjax.data import chat, exceptions_chat, image_folder, mixture, pairs, text_files
 from bigjax.data.core import DATASETS, LM_KINDS, Dataset, Split, register
 from bigjax.data.datasets import open_dataset, synthetic
 from bigjax.data.describe import batch_shapes, describe
-from bigjax.data.iterator import ArrayTrainIterator, eval_batches
+from bigjax.data.iterator import ArrayTrainIterator, eval_batches, train_iterator
 from bigjax.data.prefetch import prefetch
 from bigjax.data.transforms import (check_normalization, image_inputs, normalization_stats,
                                     normalize)
@@ -24,3 +24,4 @@ register('python_exceptions_chat', exceptions_chat.open_exceptions_chat,
 register('preference', pairs.open_preference, describe=_describe.preference)
 register('python_exceptions_preference', exceptions_chat.open_exceptions_preference,
          describe=_describe.preference)
+register('mixture', mixture.open_mixture, describe=mixture.describe_mixture)

@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 
-from bigjax import hf
+from bigjax import hf, workdir
 from bigjax.errors import UserError
 
 PAD_ID = 0
@@ -505,5 +505,5 @@ def _chat_template(folder: str, settings: dict) -> str | None:
 def _json_file(path: str) -> dict:
     if not os.path.isfile(path):
         return {}
-    with open(path) as f:
-        return json.load(f)
+    return workdir.read_json(path, "the model folder's files are cut short or damaged: fetch the "
+                             "model again (hf download, or transformers' save_pretrained)")
