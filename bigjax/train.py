@@ -303,19 +303,22 @@ def _train_and_accumulate(state, window, batch, on_device, **step_kwargs):
 class Evaluator:
     """Evaluation of a state over the whole eval split (every example once): its sums, on the
     host, and the metrics and details (classifiers: confusion matrix, ROC; chat data: held-out
-    prompts answered and scored; train.eval_tasks: lm-eval's scores) they give."""
+    prompts answered and scored; train.eval_tasks: lm-eval's scores) they give. A dataset with
+    eval parts (data.mixture's sources) is evaluated part by part: the sums add up to the whole
+    split's, and each part's metrics are reported too (NAME/loss, ...)."""
 
     def __init__(self, plan: plan_lib.Plan, task: tasks.Task, harness=None):
         self.plan, self.harness = plan, harness
-        self.mesh, self.arrays = plan.mesh, plan.dataset.eval.arrays
+        self.mesh = plan.mesh
+        self.parts = plan.dataset.eval_parts or (('', plan.dataset.eval),)
         self.batch_size = plan_lib.eval_batch_size(plan.config)
         self.accumulate, self.step = eval_program(plan, task)
         self.zeros = None
 
-    def __call__(self, state) -> dict:
+    def _sums(self, state, arrays: dict) -> dict:
         in_flight = parallel.DispatchLimit()
         sums = None
-        for local_batch in data_lib.eval_batches(self.arrays, self.batch_size,
+        for local_batch in data_lib.eval_batches(arrays, self.batch_size,
                                                  jax.process_index(), jax.process_count()):
             batch = parallel.global_batch(local_batch, self.mesh)
             if sums is None:
@@ -329,8 +332,13 @@ class Evaluator:
 
     def values(self, state, step: int) -> tuple[dict, dict]:
         """(metrics, details for eval/step_<N>.json or {}) of the state at `step`."""
-        sums = self(state)
+        part_sums = [self._sums(state, split.arrays) for _, split in self.parts]
+        sums = _added(part_sums)
         values = metrics.summarize(sums, self.plan.dataset.kind)
+        if len(self.parts) > 1:
+            for (name, _), one in zip(self.parts, part_sums):
+                values.update({f'{name}/{key}': value for key, value in metrics.summarize(
+                    one, self.plan.dataset.kind).items()})
         details = {}
         if 'confusion' in sums:
             details = metrics.details(sums, self.plan.dataset.class_names)
@@ -341,6 +349,10 @@ class Evaluator:
         if self.harness is not None:
             values.update(self.harness(state, step))
         return values, details
+
+
+def _added(sums: list[dict]) -> dict:
+    return jax.tree.map(lambda *parts: sum(parts[1:], parts[0]), *sums)
 
 
 def _stop_if_nonfinite(window: dict, checkpointer: Checkpointer) -> None:

@@ -117,6 +117,12 @@ def test_training_on_a_mixture_resumes_bitwise_and_logs_the_mix(tmp_path):
     assert without_timing(writers.read_metrics(tmp_path / 'resumed')) == straight
     jax.tree.map(np.testing.assert_array_equal, final_params(tmp_path / 'resumed', 12),
                  final_params(tmp_path / 'straight', 12))
+    final = [row for row in straight if row['split'] == 'eval'][-1]
+    for name in ('text_files0', 'text_files1', 'chat'):  # each source scored on its own too
+        assert final[f'{name}/loss'] > 0 and f'{name}/perplexity' in final
+    assert final['text_files0/loss'] != final['chat/loss']
+    losses = [final[f'{name}/loss'] for name in ('text_files0', 'text_files1', 'chat')]
+    assert min(losses) < final['loss'] < max(losses)  # the whole split's: their weighted mean
     train_rows = [row for row in straight if row['split'] == 'train']
     assert [row['step'] for row in train_rows] == [4, 8, 12]
     for row in train_rows:

@@ -53,6 +53,8 @@ class Dataset:
     # conversations add 'segments' and 'weights', bigjax.data.packing)
     chat: object = None  # chat and preference data: bigjax.data.chat.Chat (template, held-out
     # prompts)
+    eval_parts: tuple = ()  # ((name, Split), ...) also scored one by one (metrics NAME/loss,
+    # ...): data.mixture's sources, whose eval splits `eval` joins in this order
     train_order: Callable | None = None  # (global_batch_size, seed) -> the order of training
     # rows (iterator.EpochOrder's methods); None: shuffled epochs. data.mixture draws its own
 

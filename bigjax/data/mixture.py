@@ -5,7 +5,8 @@ Each source is the run's data config with its own keys set (name, paths, train_s
 tfds text, text_files and chat files mix; they must share the tokenizer and seq_len. Which rows
 batch `step` holds is a function of (seed, step) alone (MixtureOrder): a resumed run draws the
 batches an uninterrupted one would, and the share drawn from each source is logged as mix/NAME.
-The eval split is every source's eval split, one after the other.
+The eval split is every source's eval split, one after the other, each also scored on its own
+(Dataset.eval_parts: metrics NAME/loss, ...).
 """
 
 import dataclasses
@@ -103,8 +104,12 @@ def _joined(parts: list[Source], datasets: list[Dataset]) -> Dataset:
     order = functools.partial(MixtureOrder, train_sizes, tuple(p.weight for p in parts),
                               tuple(p.label for p in parts))
     chat = next((d.chat for d in datasets if d.chat is not None), None)
+    eval_parts = tuple((part.label, Split(len(d.eval), lambda d=d, mask=mask: _concatenated(
+        [d.eval.arrays], arrays, [mask], eos))) for part, d, mask in zip(parts, datasets,
+                                                                       document_mask))
     return dataclasses.replace(first, name='mixture', train=split('train'), eval=split('eval'),
-                               token_arrays=arrays, chat=chat, train_order=order)
+                               token_arrays=arrays, chat=chat, train_order=order,
+                               eval_parts=eval_parts)
 
 
 def _tokenizer_name(dataset: Dataset) -> str:
