@@ -6,6 +6,11 @@ ended, result.json (status, metrics, seconds, error). A trial that crashes or di
 as failed and the study goes on; rerunning skips ended trials and resumes interrupted ones. The
 Bayesian search keeps its optuna study in <workdir>/optuna.db. At the end, study_results.py
 writes results.csv, results.md and the plots.
+
+With a shared storage (--storage=postgresql+psycopg://...), every search keeps its bookkeeping in
+optuna instead (study_shared.py), so that the same command on several machines shares one study:
+the database hands out each trial once, and a trial whose worker stops sending heartbeats is
+retried by another.
 """
 
 import argparse
@@ -17,6 +22,7 @@ import multiprocessing
 import os
 import random
 import subprocess
+import threading
 import time
 from typing import Any
 
@@ -24,6 +30,7 @@ from etils import epath
 
 from bigjax import config as config_lib
 from bigjax import registry
+from bigjax import study_shared
 from bigjax import study_results as results
 from bigjax import workdir as workdir_lib
 from bigjax.errors import UserError
@@ -135,7 +142,7 @@ def _expand(point: dict) -> dict:
     return out
 
 
-def _suggest(trial, space: dict) -> dict:
+def suggest(trial, space: dict) -> dict:
     """An optuna trial's point: distributions as floats/ints, lists by index (any values)."""
     point = {}
     for key, values in space.items():
@@ -177,6 +184,8 @@ def run_trial(study: Study, overrides: dict, folder: str, env: dict | None = Non
     """One trial, in its own process (its output to <folder>/log.txt; `env` set before JAX
     starts): trains, then writes result.json (done or failed)."""
     os.environ.update(env or {})
+    if (parent := multiprocessing.parent_process()) is not None:
+        threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
     from bigjax import train
     start = time.time()
     log = os.open(os.path.join(folder, 'log.txt'), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -198,6 +207,13 @@ def run_trial(study: Study, overrides: dict, folder: str, env: dict | None = Non
         result = {'status': 'failed', 'metrics': {}, 'error': f'{type(e).__name__}: {e}'}
     result['seconds'] = round(time.time() - start, 1)
     workdir_lib.write_atomically(epath.Path(folder) / 'result.json', json.dumps(result) + '\n')
+
+
+def _exit_with(parent) -> None:
+    """Ends this trial process when the study process that started it dies (even by SIGKILL), so
+    that a killed worker leaves no trial running that another worker may retry."""
+    parent.join()
+    os._exit(1)
 
 
 class _Runner:
@@ -230,23 +246,33 @@ class _Runner:
 
     def wait_for_one(self) -> tuple[str, dict]:
         """Blocks until a running trial ends; (its id, its result)."""
-        while True:
-            for trial_id, (process, _) in list(self.running.items()):
-                if not process.is_alive():
-                    process.join()
-                    del self.running[trial_id]
-                    result = self.result(trial_id)
-                    if result is None:
-                        result = {'status': 'failed', 'metrics': {}, 'seconds': 0.0,
-                                  'error': f'the trial process died (exit code {process.exitcode})'}
-                        workdir_lib.write_atomically(self.folder(trial_id) / 'result.json',
-                                                     json.dumps(result) + '\n')
-                    metric = result['metrics'].get(self.study.metric)
-                    print(f'trial {trial_id}: {result["status"]}'
-                          + (f', {self.study.metric} {metric:.6g}' if metric is not None else '')
-                          + (f' ({result["error"]})' if result['error'] else ''), flush=True)
-                    return trial_id, result
+        while (ended := self.poll()) is None:
             time.sleep(0.2)
+        return ended
+
+    def poll(self) -> tuple[str, dict] | None:
+        """A running trial that has ended (its id, its result), or None."""
+        for trial_id, (process, _) in list(self.running.items()):
+            if not process.is_alive():
+                process.join()
+                del self.running[trial_id]
+                result = self.result(trial_id)
+                if result is None:
+                    result = {'status': 'failed', 'metrics': {}, 'seconds': 0.0,
+                              'error': f'the trial process died (exit code {process.exitcode})'}
+                    workdir_lib.write_atomically(self.folder(trial_id) / 'result.json',
+                                                 json.dumps(result) + '\n')
+                _report(self.study, trial_id, result)
+                return trial_id, result
+        return None
+
+
+def _report(study: Study, trial_id: str, result: dict) -> None:
+    """Prints one line for an ended trial."""
+    metric = result['metrics'].get(study.metric)
+    print(f'trial {trial_id}: {result["status"]}'
+          + (f', {study.metric} {metric:.6g}' if metric is not None else '')
+          + (f' ({result["error"]})' if result['error'] else ''), flush=True)
 
 
 def _describe(overrides: dict) -> str:
@@ -254,22 +280,26 @@ def _describe(overrides: dict) -> str:
 
 
 def run(study: Study, workdir, *, search: str | None = None, trials: int = 0, workers: int = 1,
-        seed: int = 0) -> list[dict]:
-    """Runs (or resumes) the study; returns one row per trial and writes the results."""
+        seed: int = 0, storage: str | None = None,
+        heartbeat_s: int = study_shared.HEARTBEAT_S) -> list[dict]:
+    """Runs (or resumes) the study; returns one row per trial and writes the results. With
+    `storage`, a database URL, the study is the one every worker naming that URL shares."""
     search = search or study.search
     check(study, search)
     if workers < 1:
         raise UserError(f'--workers={workers} must be >= 1')
+    budget = _budget(study, search, trials)
+    shared = study_shared.open_shared(study, search, seed, budget, storage,
+                                     heartbeat_s) if storage else None
     workdir = workdir_lib.resolve(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     runner = _Runner(study, workdir, workers)
-    if search == 'bayes':
-        _run_bayes(study, runner, trials or study.trials or 10, seed)
+    if shared:
+        study_shared.run_shared(study, runner, search, budget, seed, *shared)
+    elif search == 'bayes':
+        _run_bayes(study, runner, budget, seed)
     else:
         points = grid(study.space) if search == 'grid' else None
-        budget = trials or study.trials or (len(points) if points else 10)
-        if points:
-            budget = min(budget, len(points))
         for index in range(budget):
             trial_id = f'{index:04d}'
             if runner.result(trial_id) is not None:
@@ -279,9 +309,24 @@ def run(study: Study, workdir, *, search: str | None = None, trials: int = 0, wo
             runner.start(trial_id, points[index] if points else sample(study.space, seed, index))
         while runner.running:
             runner.wait_for_one()
-    rows = results.collect(study, workdir)
+    rows = (results.from_optuna(shared[0].get_trials(deepcopy=False)) if shared
+            else results.collect(study, workdir))
     results.write(study, workdir, rows)
     return rows
+
+
+def _budget(study: Study, search: str, trials: int) -> int:
+    """How many trials: --trials, else the study's, else the whole grid (grid) or 10; a grid's
+    budget at most its size."""
+    size = len(grid(study.space)) if search == 'grid' else None
+    budget = trials or study.trials or size or 10
+    return min(budget, size) if size else budget
+
+
+def tpe_sampler(seed: int, budget: int):
+    """The Bayesian search's TPE sampler (its first min(5, budget) points at random)."""
+    import optuna
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, budget))
 
 
 def _run_bayes(study: Study, runner: _Runner, budget: int, seed: int) -> None:
@@ -291,7 +336,7 @@ def _run_bayes(study: Study, runner: _Runner, budget: int, seed: int) -> None:
     direction = 'maximize' if study.goal == 'max' else 'minimize'
     optuna_study = optuna.create_study(
         study_name=study.name, storage=storage, direction=direction, load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, budget)))
+        sampler=tpe_sampler(seed, budget))
     pending: dict[str, int] = {}
 
     def tell(trial_id: str, result: dict) -> None:
@@ -325,7 +370,7 @@ def _run_bayes(study: Study, runner: _Runner, budget: int, seed: int) -> None:
         trial = optuna_study.ask()
         trial_id = f'{trial.number:04d}'
         pending[trial_id] = trial.number
-        runner.start(trial_id, _suggest(trial, study.space))
+        runner.start(trial_id, suggest(trial, study.space))
     while runner.running:
         tell(*runner.wait_for_one())
 
@@ -343,11 +388,20 @@ def main(study: Study) -> None:
     parser.add_argument('--import', dest='imports', action='append', default=[],
                         help='a module to import first, here and in every trial (one that '
                              'registers your model, dataset or task); repeatable')
+    parser.add_argument('--storage', default=None,
+                        help='a database URL (postgresql+psycopg://user@host:5432/db) shared by '
+                             'workers on several machines that run this same command; default: '
+                             'this machine only (grid/random: trial folders, bayes: '
+                             '<workdir>/optuna.db)')
+    parser.add_argument('--heartbeat', type=int, default=study_shared.HEARTBEAT_S,
+                        help='with --storage: seconds between heartbeats; a trial silent for '
+                             f'{study_shared.GRACE_HEARTBEATS} of them is retried elsewhere')
     args = parser.parse_args()
     study = dataclasses.replace(study, imports=tuple(study.imports) + tuple(args.imports))
     try:
         rows = run(study, args.workdir, search=args.search, trials=args.trials,
-                   workers=args.workers, seed=args.seed)
+                   workers=args.workers, seed=args.seed, storage=args.storage,
+                   heartbeat_s=args.heartbeat)
     except UserError as e:
         raise SystemExit(f'error: {e}')
     print('\n' + results.markdown(study, rows))

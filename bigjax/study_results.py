@@ -25,6 +25,18 @@ def collect(study, workdir: epath.Path) -> list[dict]:
     return rows
 
 
+def from_optuna(trials) -> list[dict]:
+    """The same rows from a shared study's optuna trials (bigjax.study_shared.run_shared): one per trial
+    index that ended with a result, in index order."""
+    rows = {}
+    for t in sorted(trials, key=lambda t: t.number):
+        if 'result' in t.user_attrs:
+            index = t.user_attrs['index']
+            rows.setdefault(index, {'trial': f'{index:04d}', **t.user_attrs['result'],
+                                    'overrides': t.user_attrs['overrides']})
+    return [rows[index] for index in sorted(rows)]
+
+
 def best(study, rows: list[dict]) -> dict | None:
     done = [r for r in rows if r['status'] == 'done']
     if not done:

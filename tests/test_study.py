@@ -49,7 +49,7 @@ def test_bayes_points_respect_bounds_and_seed():
         out = []
         for _ in range(8):
             trial = search.ask()
-            point = study._suggest(trial, space)
+            point = study.suggest(trial, space)
             search.tell(trial, point['optim.learning_rate'])  # TPE then steers to small rates
             out.append(point)
         return out
