@@ -1,7 +1,8 @@
 """Every shipped accelerator config compiled for the hardware its docstring names (bigjax/aot.py,
 as launch.py --mode=compile does), as README's table: memory per chip, headroom, and the
-compute-bound roofline estimate. TPU rows need requirements-tpu.txt (libtpu), GPU rows
-requirements-gpu.txt (the CUDA plugin); rows whose compiler is missing are skipped.
+compute-bound roofline (benchmarks/pod_estimates.py prints the estimate with communication).
+TPU rows need requirements-tpu.txt (libtpu), GPU rows requirements-gpu.txt (the CUDA plugin);
+rows whose compiler is missing are skipped.
 
 python benchmarks/accelerator_fit.py [--platform=tpu|gpu] [--smoke]
 """
@@ -47,10 +48,11 @@ def main():
         except UserError as e:
             print(f'| `{reference}` | {name} | {e} |', flush=True)
             continue
-        e, c = r['estimate'], r['compile_seconds']
+        e, c = r['estimate']['compute_bound'], r['compile_seconds']
         print(f"| `{reference}` | {name} | {r['global_batch']} ({r['global_batch_tokens']:,}) | "
               f"{r['gib_per_chip']['total']:.2f} ({r['memory_gib_per_chip']}) | "
-              f"{r['headroom']:.0%} | {e['tokens_per_second']:,.0f} | {e['mfu']:.2f} | "
+              f"{r['headroom']:.0%} | {r['global_batch_tokens'] / e['step_seconds']:,.0f} | "
+              f"{e['mfu']:.2f} | "
               f"{c['train']:.0f} / {c['eval']:.0f} |", flush=True)
 
 

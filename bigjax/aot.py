@@ -5,8 +5,10 @@ XLA's TPU compiler (libtpu, requirements-tpu.txt) and GPU compiler (the CUDA plu
 requirements-gpu.txt) run without the hardware: the mesh is built on the devices of a topology
 description (bigjax/hardware.py) and the real steps are lowered on abstract arrays with their
 shardings, then compiled. XLA's memory analysis gives the memory each chip needs; the TPU
-compiler itself refuses a program that does not fit. The speed printed next to it is a
-compute-bound roofline at the chip's peak: an estimate, and an upper bound.
+compiler itself refuses a program that does not fit. The speed printed next to it is an
+estimate from the compiled program (bigjax/comms.py): compute at the chip's peak, memory traffic
+at HBM bandwidth and the program's collectives at the interconnect's, overlapped as XLA
+scheduled them.
 """
 
 import json
@@ -18,8 +20,8 @@ import time
 import jax
 import numpy as np
 
+from bigjax import comms, hardware, models, parallel, perf, platform, tasks, train
 from bigjax import data as data_lib
-from bigjax import hardware, models, parallel, perf, platform, tasks, train
 from bigjax import plan as plan_lib
 from bigjax import workdir as workdir_lib
 from bigjax.errors import UserError
@@ -69,7 +71,9 @@ def compile_config(config, topology_name: str, workdir=None, num_slices: int = 1
                                                                    None))
     executed = (counted + (_attention_flops(run) * config.train.batch_size if kernels else 0)
                 ) / per_chip
-    step_time = executed / chip.peak_flops
+    roofline = executed / chip.peak_flops
+    estimated = comms.estimate(train_report['hlo'], run.mesh, chip, executed, model_flops)
+    step_time = estimated['step_seconds']
     result = {
         'topology': topology_name, 'num_slices': num_slices, 'chips': per_chip,
         'chip': chip.kind, 'memory_gib_per_chip': chip.memory_gib,
@@ -89,14 +93,22 @@ def compile_config(config, topology_name: str, workdir=None, num_slices: int = 1
         'flops_per_chip_per_step': {
             'model': model_flops, 'matmuls_executed': executed,
             'xla_cost_analysis': train_report['xla_flops']},
+        'hbm_bytes_per_chip_per_step': {
+            'estimated': estimated['hbm_bytes'],
+            'xla_cost_analysis': train_report['xla_bytes']},
         'estimate': {
-            'what': 'compute-bound roofline: the executed matmul FLOPs at the chip\'s peak; an '
-                    'upper bound on speed (memory traffic, communication and kernel efficiency '
-                    'make real steps slower)',
+            'what': 'estimate from the compiled step: max(compute at peak, HBM traffic, '
+                    'overlapped collectives) + collectives not overlapped (bigjax/comms.py); '
+                    'kernel efficiency is not in it',
             'step_seconds': step_time,
             'tokens_per_second': tokens / step_time if tokens else None,
             'examples_per_second': config.train.batch_size / step_time,
-            'mfu': model_flops / executed if executed else None,
+            'mfu': estimated['mfu'],
+            'dominant': estimated['dominant'],
+            'seconds': estimated['seconds'],
+            'collectives': estimated['collectives'],
+            'compute_bound': {'step_seconds': roofline,
+                              'mfu': model_flops / executed if executed else None},
         },
     }
     if workdir is not None:
@@ -127,10 +139,12 @@ def describe(result: dict) -> str:
         f"{f['matmuls_executed']:.3g}" + (
             f" (XLA's cost analysis: {f['xla_cost_analysis']:.3g}, a scanned layer counted once)"
             if f['xla_cost_analysis'] is not None else ''),
-        f"estimate ({e['what'].split(':')[0]}): {e['step_seconds']:.3f} s per step"
+        f"estimated step time {e['step_seconds']:.3f} s"
         + (f", {e['tokens_per_second']:,.0f} tokens/s" if e['tokens_per_second'] else
            f", {e['examples_per_second']:,.0f} examples/s")
-        + (f", MFU {e['mfu']:.2f}" if e['mfu'] else '') + ' at best',
+        + (f", estimated MFU {e['mfu']:.2f}" if e['mfu'] else '')
+        + f"; dominant: {e['dominant']} (" + ', '.join(
+            f'{k} {v:.3f} s' for k, v in e['seconds'].items() if v) + ')',
     ]
     return '\n'.join(lines)
 
@@ -188,7 +202,8 @@ def _compile(fn, args, state, chip: hardware.Chip, where: str, config) -> dict:
     gib['total'] = sum(gib.values())
     if gib['total'] > chip.memory_gib:
         raise UserError(_advice(where, gib['total'], gib['temporaries'], chip, config))
-    return {'gib': gib, 'seconds': seconds, 'xla_flops': cost.get('flops')}
+    return {'gib': gib, 'seconds': seconds, 'xla_flops': cost.get('flops'),
+            'xla_bytes': cost.get('bytes accessed'), 'hlo': compiled.as_text()}
 
 
 def _does_not_fit(message: str, state, chip: hardware.Chip, where: str, config) -> str:

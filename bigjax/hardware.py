@@ -16,20 +16,30 @@ from bigjax.errors import UserError
 class Chip:
     """One accelerator: the memory a program may use (TPU: HBM as XLA counts it usable,
     measured here by compiling a program too large for it; GPU: the share JAX's allocator
-    takes by default, XLA_PYTHON_CLIENT_MEM_FRACTION=0.75), dense bf16 peak FLOP/s and memory
-    bandwidth (the makers' published figures)."""
+    takes by default, XLA_PYTHON_CLIENT_MEM_FRACTION=0.75), dense bf16 peak FLOP/s, memory
+    bandwidth, and the bytes/s one chip sends into a collective inside its slice (ICI; NVLink)
+    and across slices (DCN; the hosts' network): published figures, used by bigjax/comms.py."""
 
     kind: str
     memory_gib: float
     peak_flops: float
     memory_bytes_per_s: float
+    ici_bytes_per_s: float
+    dcn_bytes_per_s: float
 
 
+# ICI: half the per-chip bidirectional figure (what a chip sends while it receives as much), as
+# if a collective's ring used every link of the chip: optimistic for groups along one physical
+# axis. Cloud TPU's system-architecture pages (docs.cloud.google.com/tpu/docs/v5e, v5p, v6e):
+# bidirectional ICI per chip v5e 400 GB/s, v5p 1200 GB/s, v6e 800 GB/s. v4's page gives none;
+# 300 GB/s (6 links of 50 GB/s, as the TPU v4 paper is commonly quoted) is assumed, not checked.
+# DCN per chip: v5p 50 Gb/s (its page); v5e two 100 Gb/s NICs per host of 8 chips = 25 Gb/s
+# (its page; also 6.4 Tb/s per 256-chip pod); the v6e and v4 pages give none: 25 Gb/s assumed.
 TPUS = {  # generation -> (chip, TensorCores per chip: v4 and v5p are named by cores)
-    'v5e': (Chip('TPU v5e', 15.75, 197e12, 819e9), 1),
-    'v6e': (Chip('TPU v6e', 31.25, 918e12, 1640e9), 1),
-    'v4': (Chip('TPU v4', 30.75, 275e12, 1228e9), 2),
-    'v5p': (Chip('TPU v5p', 95.74, 459e12, 2765e9), 2),
+    'v5e': (Chip('TPU v5e', 15.75, 197e12, 819e9, 200e9, 25e9 / 8), 1),
+    'v6e': (Chip('TPU v6e', 31.25, 918e12, 1640e9, 400e9, 25e9 / 8), 1),
+    'v4': (Chip('TPU v4', 30.75, 275e12, 1228e9, 150e9, 25e9 / 8), 2),
+    'v5p': (Chip('TPU v5p', 95.74, 459e12, 2765e9, 600e9, 50e9 / 8), 2),
 }
 SHAPES_2D = {1: '1x1', 4: '2x2', 8: '2x4', 16: '4x4', 32: '4x8', 64: '8x8', 128: '8x16',
              256: '16x16'}  # v5e / v6e chips -> topology
@@ -52,15 +62,20 @@ class Gpu:
     shared_memory_per_multiprocessor: int
     shared_memory_per_block_optin: int
     peak_bf16_flops: float
+    nvlink_bytes_per_s: float  # bidirectional per GPU (NVIDIA's data sheets)
+    network_bytes_per_s: float  # between hosts, per GPU: a 200 (A100) or 400 Gb/s NIC each
 
 
 GPUS = {
     'a100': Gpu('NVIDIA A100-SXM4-80GB', (8, 0), 108, 64, 1.41, 85_100_068_864, 2039e9,
-                40 * 2 ** 20, 164 * 2 ** 10, 163 * 2 ** 10, 312e12),
+                40 * 2 ** 20, 164 * 2 ** 10, 163 * 2 ** 10, 312e12,
+                600e9, 200e9 / 8),
     'h100': Gpu('NVIDIA H100 80GB HBM3', (9, 0), 132, 128, 1.98, 84_942_979_072, 3352e9,
-                50 * 2 ** 20, 228 * 2 ** 10, 227 * 2 ** 10, 989e12),
+                50 * 2 ** 20, 228 * 2 ** 10, 227 * 2 ** 10, 989e12,
+                900e9, 400e9 / 8),
     'h200': Gpu('NVIDIA H200', (9, 0), 132, 128, 1.98, 151_397_597_184, 4800e9,
-                50 * 2 ** 20, 228 * 2 ** 10, 227 * 2 ** 10, 989e12),
+                50 * 2 ** 20, 228 * 2 ** 10, 227 * 2 ** 10, 989e12,
+                900e9, 400e9 / 8),
 }
 GPU_MEMORY_FRACTION = 0.75  # JAX's default preallocation (XLA_PYTHON_CLIENT_MEM_FRACTION)
 GPUS_PER_HOST = 8
@@ -128,7 +143,8 @@ def _gpus(gpu: Gpu, count: int, name: str) -> tuple[list, Chip]:
                         'compiling for NVIDIA GPUs needs jax\'s CUDA plugin, `pip install -r '
                         'requirements-gpu.txt`') from None
     chip = Chip(gpu.name, round(gpu.memory_bytes * GPU_MEMORY_FRACTION / 2 ** 30, 2),
-                gpu.peak_bf16_flops, gpu.memory_bytes_per_s)
+                gpu.peak_bf16_flops, gpu.memory_bytes_per_s, gpu.nvlink_bytes_per_s / 2,
+                gpu.network_bytes_per_s)
     return list(description.devices), chip
 
 

@@ -36,6 +36,8 @@ SMOKES = {  # 'script [flags]' (run with --smoke): regular expressions for lines
     'cnn_vs_pytorch.py': [r'^contender\s+img/s\s+vs pytorch$',
                           rf'^pytorch \(article loop\)\s+{N}\s+1\.00x$',
                           rf'^bigjax \(its XLA defaults: YNN fusions off\)\s+{N}\s+{N}x$'],
+    'comms_ranking.py': [rf'^\(8, 1, 1\)\s+{N}\s+\d\s+{N}\s+\d\s+(compute|HBM|ICI)\s+{N}$',
+                         r'^same order: (yes|no)$'],
     'compare.py': [r'^stub reference\s+100\s+1\.00x\s+-$',
                    r'^stub twice as fast\s+200\s+2\.00x\s+0\.500$'],
     'compile_cache.py': [*(rf'^{name}\s+{N}\s+{N}\s+{N}$' for name in ('cold', 'warm')),
@@ -52,6 +54,8 @@ SMOKES = {  # 'script [flags]' (run with --smoke): regular expressions for lines
                           rf'^transformer_cpu\s+{N}\s+{N}\s+{N}x$'],
     'lm_vs_pytorch.py': [rf'^pytorch \(eager, SDPA\)\s+{N}\s+1\.00x\s+-$',
                          rf"^bigjax \(attention='fused'\)\s+{N}\s+{N}x\s+{N}$"],
+    'pod_estimates.py': [rf'^\| smoke \| v5e-4 \| 16 \(512\) \| {N} \(15.75\) \| {N}% \| '
+                         rf'{N} \| {N} \| {N} \| (compute|HBM|ICI|DCN) \| {N} / {N} \|$'],
     'pseudo_lm1b.py': [rf'^\s+1k\s+1,000\s+{N}\s+{N}\s+{N}%$'],
     'text_pipeline.py': [rf'^new\s+1k\s+1,100\s+{N}', r'^\S+ tokens a sentence\. lm1b .* '
                          r'extrapolated from 1k: \S+ minutes'],
@@ -65,7 +69,7 @@ SMOKES = {  # 'script [flags]' (run with --smoke): regular expressions for lines
 }
 NEEDS_LIBTPU = pytest.mark.skipif(importlib.util.find_spec('libtpu') is None,
                                   reason='compiling for TPUs needs libtpu (requirements-tpu.txt)')
-TPU_SCRIPTS = ('accelerator_fit.py', 'tpu_levers.py')
+TPU_SCRIPTS = ('accelerator_fit.py', 'pod_estimates.py', 'tpu_levers.py')
 
 
 @pytest.mark.parametrize('smoke', [pytest.param(s, marks=NEEDS_LIBTPU) if s in TPU_SCRIPTS else s
