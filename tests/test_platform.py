@@ -158,7 +158,7 @@ def test_a_cpu_training_loop_reuses_the_memory_its_steps_free_and_gives_it_back_
     (outside,), (inside, rss_inside), (rss_after,), (capped,) = lines
     assert outside > 5000 and capped > 1000
     assert inside < outside / 20
-    assert rss_after < rss_inside - 100
+    assert rss_after < rss_inside - 60  # at least most of the call's worth (~72 MB) it held
 
 
 ARENAS_SCRIPT = '''
