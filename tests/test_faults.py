@@ -127,6 +127,22 @@ def assert_same_run(workdir, straight):
                  final_params(straight, 30))
 
 
+CHECKPOINTS_FULL = (r'writing .*checkpoints failed \(no space left on the device; [\d,]+ MB '
+                    r'free there\): free some space')
+
+
+def fails_clearly_then_reruns_the_same(tmp_path, straight, monkeypatch, message: str,
+                                       kept: list) -> None:
+    """The run under the fault stops with the one-line error `message`, keeping the checkpoints
+    `kept`; with the fault gone, the rerun ends as the straight run did."""
+    with pytest.raises(UserError, match=message):
+        train.run(digits(), tmp_path)
+    assert saved_steps(tmp_path) == kept
+    monkeypatch.undo()
+    train.run(digits(), tmp_path)
+    assert_same_run(tmp_path, straight)
+
+
 @pytest.fixture(scope='module')
 def straight(tmp_path_factory):
     workdir = tmp_path_factory.mktemp('straight')
@@ -233,13 +249,7 @@ def test_full_disk_is_a_clear_error_and_the_rerun_resumes(tmp_path, straight, mo
         return save(self, step, *args, **kwargs)
 
     monkeypatch.setattr(ocp.CheckpointManager, 'save', disk_full_at_20)
-    with pytest.raises(UserError, match=r'writing .*checkpoints failed \(no space left on the '
-                                        r'device; [\d,]+ MB free there\): free some space'):
-        train.run(digits(), tmp_path)
-    assert saved_steps(tmp_path) == [10]
-    monkeypatch.undo()
-    train.run(digits(), tmp_path)
-    assert_same_run(tmp_path, straight)
+    fails_clearly_then_reruns_the_same(tmp_path, straight, monkeypatch, CHECKPOINTS_FULL, [10])
 
 
 def test_a_full_disk_met_when_the_asynchronous_save_is_awaited_is_a_clear_error(
@@ -257,13 +267,9 @@ def test_a_full_disk_met_when_the_asynchronous_save_is_awaited_is_a_clear_error(
             raise OSError(errno.ENOSPC, 'No space left on device')
 
     monkeypatch.setattr(ocp.CheckpointManager, 'wait_until_finished', disk_full_writing_30)
-    with pytest.raises(UserError, match=r'writing .*checkpoints failed \(no space left on the '
-                                        r'device; [\d,]+ MB free there\): free some space'):
-        train.run(digits(), tmp_path)
-    assert failed and saved_steps(tmp_path) == [10, 20]
-    monkeypatch.undo()
-    train.run(digits(), tmp_path)
-    assert_same_run(tmp_path, straight)
+    fails_clearly_then_reruns_the_same(tmp_path, straight, monkeypatch, CHECKPOINTS_FULL,
+                                       [10, 20])
+    assert failed
 
 
 def test_a_failed_metrics_write_is_a_clear_error_and_the_rerun_ends_the_same(
@@ -285,13 +291,9 @@ def test_a_failed_metrics_write_is_a_clear_error_and_the_rerun_ends_the_same(
         return file
 
     monkeypatch.setattr(path_type, 'open', full_at_step_20)
-    with pytest.raises(UserError, match=rf'writing {tmp_path} failed \(no space left on the '
-                                        r'device; [\d,]+ MB free there\)'):
-        train.run(digits(), tmp_path)
-    assert saved_steps(tmp_path) == [10]
-    monkeypatch.undo()
-    train.run(digits(), tmp_path)
-    assert_same_run(tmp_path, straight)
+    fails_clearly_then_reruns_the_same(
+        tmp_path, straight, monkeypatch,
+        rf'writing {tmp_path} failed \(no space left on the device; [\d,]+ MB free there\)', [10])
 
 
 def test_a_second_run_on_a_held_workdir_stops_at_once_and_a_dead_holder_does_not_block(
