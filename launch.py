@@ -35,7 +35,8 @@ flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'evaluate', 'report', 'ex
                   '(re)write the workdir\'s report.html; export its latest parameters (LoRA '
                   'adapters merged) to --export_dir; or compile the steps for --topology and '
                   'report whether they fit.')
-flags.DEFINE_string('topology', '', 'compile: a TPU slice, e.g. v5e-1, v5e-8, v6e-8, v4-8, v5p-8.')
+flags.DEFINE_string('topology', '', 'compile: a TPU slice (v5e-1, v5e-8, v6e-8, v4-8, v5p-8, '
+                    '...) or an NVIDIA box (a100-8, h100-8, h200-8; 8 GPUs a host).')
 flags.DEFINE_integer('num_slices', 1, 'compile: slices of --topology joined over the data-center '
                      'network (mesh.data spans them).')
 flags.DEFINE_string('export_dir', '', 'export: an empty or new folder for the parameters.')
@@ -77,12 +78,27 @@ def imported_modules(argv: list[str]) -> list[str]:
     return [name.strip() for value in values for name in value.split(',') if name.strip()]
 
 
+def with_config_found(argv: list[str]) -> list[str]:
+    """argv with --config's file as a full path: found from the current folder, else from
+    bigjax's own, so `--config=configs/cnn_digits.py` runs from any folder."""
+    from bigjax import config as config_lib
+    found = list(argv)
+    for i, arg in enumerate(argv):
+        value_at = i + 1 if arg == '--config' and i + 1 < len(argv) else i
+        prefix = '' if value_at != i else '--config='
+        if arg == '--config' or arg.startswith('--config='):
+            path, sep, config_arg = argv[value_at][len(prefix):].partition(':')
+            found[value_at] = f'{prefix}{config_lib.config_file(path)}{sep}{config_arg}'
+    return found
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing, with one-line errors for bad config files and overrides."""
     from bigjax import registry
     from bigjax.errors import UserError
     try:
         registry.import_modules(imported_modules(argv))
+        argv = with_config_found(argv)
     except UserError as e:
         fail(str(e))
     try:

@@ -1,5 +1,5 @@
 """Host memory of importing a Hugging Face checkpoint as a fine-tuning run does: a sharded
-bfloat16 safetensors checkpoint of Llama-3.2-1B's shape (tests/hf_configs/Llama-3.2-1B.json,
+bfloat16 safetensors checkpoint of Llama-3.2-1B's shape (tests/hf_configs/Llama-3.2-1B/config.json,
 random values, ~2.5 GB) is written shard by shard with bigjax.hf.write_safetensors, then loaded
 in a fresh process by finetune.plan_load and finetune.load (each parameter read from its memory
 map when asked, converted to float32 and placed on the device one at a time), layers unrolled and
@@ -23,7 +23,7 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(REPO, 'tests', 'hf_configs', 'Llama-3.2-1B.json')
+CONFIG = os.path.join(REPO, 'tests', 'hf_configs', 'Llama-3.2-1B', 'config.json')
 SMOKE = {'hidden_size': 64, 'intermediate_size': 128, 'num_hidden_layers': 2,  # the same form
          'num_attention_heads': 4, 'num_key_value_heads': 2, 'head_dim': 16, 'vocab_size': 1000}
 GB = 1e9

@@ -212,13 +212,23 @@ def parse_stage(arg: str | None) -> tuple[str, bool]:
     return stage, bool(smoke)
 
 
+def config_file(path: str) -> pathlib.Path:
+    """A config file named as on launch.py's command line: relative to the current folder, else
+    to bigjax's own folder (so `--config=configs/cnn_digits.py` works from anywhere)."""
+    given = pathlib.Path(path).expanduser()
+    places = list(dict.fromkeys([pathlib.Path.cwd() / given, REPO / given]))  # one if absolute
+    for file in places:
+        if file.is_file():
+            return file.resolve()
+    raise UserError(f'config file {path!r} not found: there is no '
+                    f'{" nor ".join(str(file) for file in places)}')
+
+
 def from_file(reference: str) -> ml_collections.ConfigDict:
     """The config that `launch.py --config=<reference>` runs: 'configs/cnn_digits.py[:arg]',
-    a path relative to the repository (or absolute)."""
+    a path relative to the current folder or to the repository (or absolute)."""
     path, _, arg = reference.partition(':')
-    file = pathlib.Path(path) if pathlib.Path(path).is_absolute() else REPO / path
-    if not file.is_file():
-        raise UserError(f'config file {reference!r} not found (looked for {file})')
+    file = config_file(path)
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))  # config files import each other as configs.<name>
     spec = importlib.util.spec_from_file_location(f'configs_{file.stem}', file)

@@ -58,9 +58,9 @@ def _scores(model, rules, mesh, params, tokens_BT, targets_BT, scored_BT):
 
 @register_model('bigjax')
 class BigjaxLM(TemplateLM):
-    """lm-eval's LM over a bigjax plan and parameters. From lm-eval's command line:
-    lm_eval --model bigjax --model_args config=configs/x.py:arg,workdir=RUN --tasks ...
-    (after `import bigjax.harness_model`, which registers it), the run's latest checkpoint."""
+    """lm-eval's LM over a bigjax plan and parameters. From Python, after `import
+    bigjax.harness_model` (which registers it): lm_eval.simple_evaluate(model='bigjax',
+    model_args='config=configs/x.py:arg,workdir=RUN', tasks=[...]), the run's latest checkpoint."""
 
     def __init__(self, config: str = '', workdir: str = '', *, plan=None, params=None,
                  batch_size=None, add_bos_token: bool | str | None = None, seed: int = 0, **_):

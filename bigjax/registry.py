@@ -5,6 +5,8 @@ imports a user's modules (launch.py --import, a study's `imports`) so they can r
 """
 
 import importlib
+import os
+import sys
 from typing import Any, Iterable
 
 from bigjax.errors import UserError
@@ -41,12 +43,18 @@ class Registry:
 
 
 def import_modules(names: Iterable[str]) -> None:
-    """Imports each dotted module name (which registers what it defines), in order."""
+    """Imports each dotted module name (which registers what it defines), in order, from the
+    Python path and the current folder (as `python -m` would; `python launch.py` puts only
+    launch.py's folder on the path)."""
+    names = list(names)
+    if names and os.getcwd() not in sys.path and '' not in sys.path:
+        sys.path.insert(1, os.getcwd())
     for name in names:
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as e:
             if e.name is None or not name.startswith(e.name):
                 raise  # the module exists; something it imports does not
-            raise UserError(f'--import={name}: no module {e.name!r} on the Python path; run from '
-                            'the folder that holds it or add that folder to PYTHONPATH') from None
+            raise UserError(f'--import={name}: no module {e.name!r} in the current folder '
+                            f'({os.getcwd()}) or on PYTHONPATH; run from the folder that holds '
+                            f'{e.name.split(".")[0]}, or add that folder to PYTHONPATH') from None

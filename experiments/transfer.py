@@ -2,7 +2,7 @@
 the same model trained from scratch on it, per seed.
 
   --task=digits: digits 5-9 from 10 labels per class, the CNN pretrained on digits 0-4
-                 (configs/digits_transfer.py; ~30 s a seed on 2 cores).
+                 (configs/digits_transfer.py; ~35 s for three seeds on 2 cores).
   --task=stdlib: test code or library code from a file's first 255 tokens, 16 labelled files per
                  class, the classifier starting from the small LM pretrained on the stdlib
                  (configs/stdlib_transfer.py; ~13 min of pretraining, then ~6 min a seed).

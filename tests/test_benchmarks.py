@@ -50,6 +50,10 @@ SMOKES = {  # 'script [flags]' (run with --smoke): regular expressions for lines
                             r'^import\s+seconds\s+params\s+on device\s+largest\s+RSS before',
                             *(rf'^{mode}\s+{N}\s+{N}\s+{N}\s+{N}\s+{N}\s+{N}\s+{N}\s+{N}\s+'
                               rf'{N}x$' for mode in ('unrolled', 'scan'))],
+    'install_platforms.py': [rf'^{name}\s+resolves\s+{N} s\s+1 packages \({package} 2\.21\.0\)$'
+                             for name, package in (('Linux x86-64', 'tensorflow-cpu'),
+                                                   ('Linux aarch64', 'tensorflow'),
+                                                   ('macOS arm64', 'tensorflow'))],
     'input_pipeline.py': [rf'^cnn_digits \(augmented\)\s+{N}\s+{N}\s+{N}x$',
                           rf'^transformer_cpu\s+{N}\s+{N}\s+{N}x$'],
     'lm_vs_pytorch.py': [rf'^pytorch \(eager, SDPA\)\s+{N}\s+1\.00x\s+-$',

@@ -148,7 +148,7 @@ def test_a_gemma_3_with_local_and_global_layers_compiles_for_a_tpu_chip(tmp_path
     """Gemma 3's published config.json, made small: five local layers (splash's local mask,
     window 128 of 256 tokens) to one global (its own rotary base), scanned as one block with a
     flag per layer, query/key norms, soft-capped logits; LoRA compiles and fits one v5e chip."""
-    published = json.loads((REPO / 'tests' / 'hf_configs' / 'gemma-3-1b-it.json').read_text())
+    published = json.loads((REPO / 'tests/hf_configs/gemma-3-1b-it/config.json').read_text())
     (tmp_path / 'config.json').write_text(json.dumps({
         **published, 'hidden_size': 256, 'intermediate_size': 512, 'num_hidden_layers': 6,
         'head_dim': 128, 'vocab_size': 1024, 'sliding_window': 128,

@@ -1,3 +1,4 @@
+import re
 import threading
 import types
 
@@ -147,8 +148,11 @@ def test_unknown_split_is_a_clear_error_and_splits_combine():
 
 def test_dataset_needing_download_offline_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(sources, '_online', lambda: False)
-    with pytest.raises(UserError, match='cannot be downloaded.*configs/cnn_digits.py'):
+    with pytest.raises(UserError, match='cannot be downloaded.*configs/cnn_digits.py') as error:
         data.open_dataset(data_config(name='mnist', data_dir=str(tmp_path)))
+    [command] = re.findall(r'`python -c "(.*?)"`', str(error.value))  # what to run elsewhere
+    compile(command, 'the command the error gives', 'exec')
+    assert "tfds.builder('mnist', data_dir='DIR')" in command and 'array_record' in command
     with pytest.raises(UserError, match='data.download is False'):
         data.open_dataset(data_config(name='mnist', data_dir=str(tmp_path), download=False))
 

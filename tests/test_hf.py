@@ -170,7 +170,7 @@ def test_published_configs_in_the_old_form_keep_their_rotary_base_and_scaling():
     """Hub config.json files carry rope_theta / rope_scaling at the top (tests/hf_configs): read
     as such, not as rotary base 10,000 unscaled."""
     def options(name):
-        path = epath.Path(__file__).parent / 'hf_configs' / f'{name}.json'
+        path = epath.Path(__file__).parent / 'hf_configs' / name / 'config.json'
         return hf_families.transformer_options(json.loads(path.read_text()))
     smol = options('SmolLM2-135M')
     assert (smol['rope_theta'], smol['rope_scaling']) == (100_000.0, 'none')

@@ -37,7 +37,23 @@ def test_bad_overrides_are_one_line_errors_before_anything_is_written(tmp_path, 
 def test_missing_config_file_is_a_one_line_error(tmp_path):
     code, output = launch(tmp_path / 'run', config='configs/nope.py')
     assert code == 1 and output.strip() == (
-        "error: cannot load the config file: [Errno 2] No such file or directory: 'configs/nope.py'")
+        f"error: config file 'configs/nope.py' not found: there is no {REPO / 'configs/nope.py'}"
+    ), output
+
+
+def test_run_from_ones_own_folder_finds_bigjax_configs_and_ones_own_package(tmp_path):
+    """`python ../bigjax/launch.py --import=my_pkg.model --config=configs/...` from a project
+    folder: the config is bigjax's, the package the current folder's."""
+    (tmp_path / 'my_pkg').mkdir()
+    (tmp_path / 'my_pkg' / '__init__.py').write_text('')
+    (tmp_path / 'my_pkg' / 'model.py').write_text(
+        'import sys\nprint("my_pkg imported", file=sys.stderr)\n')
+    out = subprocess.run([sys.executable, str(REPO / 'launch.py'), '--import=my_pkg.model',
+                          f'--config={SMOKE}', f'--workdir={tmp_path / "run"}', '--mode=sample'],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and out.stderr.strip().splitlines() == [
+        'my_pkg imported', f'error: {tmp_path / "run"} holds no checkpoint: train there first'
+    ], out.stderr
 
 
 @pytest.mark.parametrize('mode', ['sample', 'export'])

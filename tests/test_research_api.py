@@ -84,14 +84,15 @@ def test_registry_errors_are_one_line(tmp_path):
     out = subprocess.run([sys.executable, 'launch.py', '--import=no_such_module', f'--config={CONFIG}',
                           f'--workdir={tmp_path}'], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 1 and out.stderr.strip() == (
-        "error: --import=no_such_module: no module 'no_such_module' on the Python path; run from "
-        'the folder that holds it or add that folder to PYTHONPATH')
+        "error: --import=no_such_module: no module 'no_such_module' in the current folder "
+        f'({REPO}) or on PYTHONPATH; run from the folder that holds no_such_module, or add that '
+        'folder to PYTHONPATH')
 
 
 def test_public_names_suffice_for_a_research_loop():
-    """README's "Using bigjax from your code" example, run as written."""
-    readme = (REPO / 'README.md').read_text()
-    section = readme[readme.index('## Using bigjax from your code'):]
+    """docs/own-code.md's research loop, run as written."""
+    page = (REPO / 'docs' / 'own-code.md').read_text()
+    section = page[page.index('## A research loop with the public API'):]
     [code] = re.findall(r'```python\n(.*?)```', section, re.S)[:1]
     out = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True,
                          timeout=600)

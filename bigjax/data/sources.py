@@ -75,8 +75,8 @@ def open_split(builder, split: str, data_config) -> TfdsSplit:
     if builder.info.file_format is None or builder.info.file_format.value != 'array_record':
         raise UserError(
             f'dataset {name!r} in {builder.data_dir} is stored as {builder.info.file_format}, '
-            f'bigjax reads array_record: set --config.data.data_dir to an empty folder, '
-            f'or rebuild it with `tfds build {builder.info.name} --file_format=array_record`')
+            f'bigjax reads array_record: set --config.data.data_dir to an empty folder, where '
+            f'bigjax prepares it as array_record')
     known = list(builder.info.splits)
     unknown = [part for part in split.split('+') if part.split('[')[0] not in known]
     if unknown:  # tfds split syntax: 'train[:90%]', 'validation+test'
@@ -166,12 +166,18 @@ def _prepare_once(builder, data_config) -> None:
             _prepare(builder, data_config)
 
 
+def prepare_command(name: str, data_dir: str) -> str:
+    """A shell command that downloads and prepares a tfds dataset as bigjax reads it (tfds' own
+    `tfds build` needs apache_beam, which bigjax does not install)."""
+    return (f'`python -c "import tensorflow_datasets as tfds; tfds.builder(\'{name}\', '
+            f'data_dir=\'{data_dir}\').download_and_prepare(file_format=\'array_record\')"`')
+
+
 def _prepare(builder, data_config) -> None:
     name = builder.info.name
     remote = name not in LOCAL_BUILDERS
-    how = (f'prepare it on a machine with internet (`tfds build {name} '
-           f'--file_format=array_record --data_dir=DIR`) and set --config.data.data_dir=DIR, '
-           'or train offline with configs/cnn_digits.py')
+    how = (f'prepare it on a machine with internet ({prepare_command(name, "DIR")}), copy DIR '
+           'here and set --config.data.data_dir=DIR, or train offline with configs/cnn_digits.py')
     if remote and not data_config.download:
         raise UserError(f'dataset {name!r} is not prepared in {builder.data_dir} and '
                         f'data.download is False: {how}')

@@ -66,7 +66,8 @@ class TransformerConfig:
     dropout: float = 0.0
     tied_embeddings: bool = True  # LM: the output layer reuses the token embedding
     # 'dot_product': jax.nn.dot_product_attention (cuDNN on GPU); 'fused': a C++ kernel for
-    # causal float32 attention on CPU (built on first use), dot_product on GPU/TPU
+    # causal float32 attention on CPU (built on first use), splash attention on TPU (lengths a
+    # multiple of 128), dot_product on GPU
     attention: str = 'einops'
     dtype: str = 'float32'  # compute: DTYPES
     param_dtype: str = 'float32'  # storage
