@@ -112,8 +112,10 @@ def parse_flags(argv: list[str]) -> list[str]:
         key = str(e).strip('"\'')
         overrides = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]
         named = [o for o in overrides if key in o[len('--config.'):].split('.')] or overrides
+        own = ('; a model of your own has its options once --import names the module that '
+               'registers it' if named and named[0].startswith('--config.model.') else '')
         fail(f'{named[0] if named else "--config"}: the config has no key {key!r} '
-             '(bigjax/config.py lists every key)')
+             f'(bigjax/config.py lists every key{own})')
     except Exception as e:  # The config file itself fails: a syntax error, a bad import.
         fail(f'cannot load --config: {type(e).__name__}: {e}')
 

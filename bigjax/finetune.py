@@ -205,7 +205,8 @@ def saved_config(directory: epath.Path) -> dict | None:
 def check_tokenizer(plan: LoadPlan, data_config) -> None:
     """A loaded token embedding means something only under the tokenizer it was trained with:
     raises UserError when the checkpoint's run tokenized text otherwise (a BPE is trained on its
-    run's data and settings; the byte tokenizer is the same everywhere)."""
+    run's data and settings; the byte tokenizer and a Hugging Face model's own are the same
+    whatever the data)."""
     if not any(name.startswith('token_embedding/') for name in plan.loaded):
         return
     saved = saved_config(plan.directory)
@@ -214,8 +215,8 @@ def check_tokenizer(plan: LoadPlan, data_config) -> None:
     saved = saved['data']
 
     def identity(data: dict) -> dict:
-        if data['text']['tokenizer'] == 'byte':
-            return {'text.tokenizer': 'byte'}
+        if data['text']['tokenizer'] == 'byte' or data['text']['tokenizer'].startswith('hf:'):
+            return {'text.tokenizer': data['text']['tokenizer']}
         # The dataset whose training split taught the tokenizer.
         values = {'text.tokenizer_data': data['text'].get('tokenizer_data') or data['name']}
         for key in TOKENIZER_KEYS:

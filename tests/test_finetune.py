@@ -300,3 +300,12 @@ def test_a_token_embedding_from_another_tokenizer_is_an_error(tmp_path):
     (tmp_path / 'config.json').write_text(theirs.to_json())
     ours.name = 'imdb_reviews'
     finetune.check_tokenizer(plan, ours)
+    # A Hugging Face model's own tokenizer: instruction tuning, exported, then DPO on pairs.
+    theirs.data.update(name='chat', train_split='train')
+    theirs.data.text.tokenizer = ours.text.tokenizer = 'hf:/models/tiny'
+    (tmp_path / 'config.json').write_text(theirs.to_json())
+    ours.name = 'preference'
+    finetune.check_tokenizer(plan, ours)
+    ours.text.tokenizer = 'hf:/models/other'
+    with pytest.raises(UserError, match=r"tokenizer='hf:/models/other' here, 'hf:/models/tiny'"):
+        finetune.check_tokenizer(plan, ours)

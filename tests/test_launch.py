@@ -23,6 +23,9 @@ def launch(workdir, *overrides, config=SMOKE, wait=True):
 
 @pytest.mark.parametrize('override, message', [
     ('--config.train.nosuch=3', "error: --config.train.nosuch: the config has no key 'nosuch'"),
+    ('--config.model.my_mlp.width=3', "error: --config.model.my_mlp.width: the config has no key "
+     "'my_mlp' (bigjax/config.py lists every key; a model of your own has its options once "
+     '--import names the module that registers it)'),
     ('--config.train.batch_size=abc', 'error: flag --config.train.batch_size=abc: invalid literal'),
     ('--config.train.batch_size=12', 'error: train.batch_size=12 must be a positive multiple'),
 ])
