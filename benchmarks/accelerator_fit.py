@@ -1,5 +1,5 @@
 """Every shipped accelerator config compiled for the hardware its docstring names (bigjax/aot.py,
-as launch.py --mode=compile does), as README's table: memory per chip, headroom, and the
+as launch.py --mode=compile does), as docs/compile.md's table: memory per chip, headroom, and the
 compute-bound roofline (benchmarks/pod_estimates.py prints the estimate with communication).
 TPU rows need requirements-tpu.txt (libtpu), GPU rows requirements-gpu.txt (the CUDA plugin);
 rows whose compiler is missing are skipped.

@@ -2,7 +2,7 @@
 
 bf16 compute, cuDNN flash attention (attention='fused' is jax.nn.dot_product_attention on GPU),
 data parallel over the GPUs, no recomputation: each size fits an 8-GPU A100 80 GB box with
-room to spare (README: `--mode=compile --topology=a100-8`). Sizes by arg as in
+room to spare (docs/compile.md: `--mode=compile --topology=a100-8`). Sizes by arg as in
 transformer_tpu.py: '100m' (default), '300m', '1b'.
 python launch.py --config=configs/transformer_gpu.py --workdir=/data/runs/lm1b_100m
 """

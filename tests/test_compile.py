@@ -19,8 +19,8 @@ from conftest import REPO, load_config
 pytestmark = pytest.mark.skipif(importlib.util.find_spec('libtpu') is None,
                                 reason='compiling for TPUs needs libtpu (requirements-tpu.txt)')
 
-# Every shipped TPU size on hardware its docstring names: where it is tightest (README's fit
-# table: 14 % headroom each) and 1b on a megacore slice; the Llama 3 shapes on the pods they
+# Every shipped TPU size on hardware its docstring names: where it is tightest (docs/compile.md's
+# fit table: 14 % headroom each) and 1b on a megacore slice; the Llama 3 shapes on the pods they
 # name (40-90 s each here). The roomy rows (48-89 %) are benchmarks/accelerator_fit.py's, which
 # prints the whole table. (size, topology, slices)
 REAL_SIZES = [('100m', 'v5e-1', 1), ('300m', 'v5e-8', 1), ('300m', 'v4-8', 1), ('1b', 'v4-8', 1),
